@@ -1,0 +1,342 @@
+"""Typed, frozen run configs: YAML files plus dotted `key=value` overrides, validated with clear errors."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value that is not valid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    dir: str = ""  # default: runs/<name>
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: str = "gpt2"  # gpt2 | bert
+    pretrained: str = ""  # local HF directory, or an alias such as "minilm-l6"; "" = from scratch
+    task: str = "causal_lm"  # causal_lm | token_classification | sequence_classification | masked_lm
+    num_labels: int = 0  # 0 = read from the data
+    # Sizes for a model built from scratch (ignored when `pretrained` is set).
+    vocab_size: int = 50257
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 0  # 0 = 4 * d_model
+    max_len: int = 256
+    dropout: float = 0.0
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    remat: bool = False
+    lora_rank: int = 0  # 0 = no LoRA
+    lora_alpha: float = 16.0
+    lora_targets: str = ""  # regex over param paths; "" = attention and MLP projections
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    kind: str = "lm_text"  # lm_text | conll | classification
+    root: str = "${SCALING_JAX_DATA:-../shared/data}"
+    train: tuple[str, ...] = ()  # files or globs, relative to root unless absolute
+    valid: tuple[str, ...] = ()
+    test: tuple[str, ...] = ()
+    tokenizer: str = ""  # a local tokenizer directory; "" = the pretrained model's own
+    seq_len: int = 128
+    batch_size: int = 16  # global batch, in sequences
+    eval_batch_size: int = 32
+    max_eval_batches: int = 0  # 0 = the whole split
+    text_field: str = "text"
+    label_field: str = "label"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 100
+    seed: int = 0
+    eval_every: int = 50
+    log_every: int = 10
+    grad_accum: int = 1
+    early_stopping_metric: str = ""  # e.g. eval/f1; "" = off
+    early_stopping_mode: str = "max"  # max | min
+    patience: int = 0  # evals without improvement before stopping; 0 = off
+    nan_policy: str = "stop"  # stop | skip
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # cosine | linear | constant
+    end_lr_ratio: float = 0.0
+    clip_norm: float = 1.0  # 0 = no clipping
+    freeze: tuple[str, ...] = ()  # presets: embeddings, bottom:K, all_but_head
+    freeze_regex: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1  # -1 takes the devices left over
+    fsdp: int = 1
+    tensor: int = 1
+    rules: dict[str, Any] = field(default_factory=dict)  # logical name -> mesh axis / list / null
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 0  # 0 = only at the end
+    max_to_keep: int = 2
+    best_k: int = 1
+    async_save: bool = True
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    coordinator: str = ""
+    num_processes: int = 0
+    process_id: int = -1
+    timeout_s: int = 300
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    widths: tuple[int, ...] = ()  # d_model of each member
+    aspect_ratio: int = 32  # d_model / n_layers
+    head_dim: int = 32
+    tokens: int = 0  # training tokens per member (steps = tokens / (batch * seq_len))
+    lr_rule: str = "constant"  # constant | inverse_width (lr * base_width / d_model)
+    base_width: int = 128
+    member: int = -1  # run only this member (cluster job arrays); -1 = all, in sequence
+    results: str = ""  # default: <run.dir>/results.csv
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.dir or f"runs/{self.run.name}")
+
+
+_CHOICES = {
+    "model.family": ("gpt2", "bert"),
+    "model.task": ("causal_lm", "token_classification", "sequence_classification", "masked_lm"),
+    "model.dtype": ("float32", "bfloat16"),
+    "data.kind": ("lm_text", "conll", "classification"),
+    "train.early_stopping_mode": ("max", "min"),
+    "train.nan_policy": ("stop", "skip"),
+    "optim.name": ("adamw", "sgd"),
+    "optim.schedule": ("cosine", "linear", "constant"),
+    "sweep.lr_rule": ("constant", "inverse_width"),
+}
+
+
+def _check_value(key: str, value: Any, tp: Any) -> Any:
+    """Coerces `value` to the annotated type `tp` or raises a ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _check_value(key, value, option)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp, *_rest) = typing.get_args(tp)
+        return tuple(_check_value(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if tp is Any:
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; valid keys"
+            f"{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(names)}"
+        )
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        tp, key = hints[name], f"{prefix}{name}"
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data[name] or {}, key + ".")
+        else:
+            value = _check_value(key, data[name], tp)
+            if key in _CHOICES and value not in _CHOICES[key]:
+                raise ConfigError(f"{key}: {value!r} is not one of {', '.join(_CHOICES[key])}")
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'optim.lr=3e-4' -> ('optim.lr', 0.0003); the value is read as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. train.steps=100)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not re.fullmatch(r"[a-z_]+(\.[a-z_0-9]+)+", key):
+        raise ConfigError(f"override key {key!r} must be dotted, like train.steps")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML 1.1 reads '3e-4' as a string; accept it as a number.
+    if isinstance(value, str):
+        try:
+            value = float(value) if re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value) else value
+        except ValueError:
+            pass
+    return key, value
+
+
+def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    data = _deepcopy_dict(data or {})
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    cfg = _build(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def _deepcopy_dict(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy_dict(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy_dict(v) for v in d]
+    return d
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Reads a YAML config, applies `key=value` overrides, validates. `run.name` defaults to the file stem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    data.setdefault("run", {}).setdefault("name", path.stem)
+    return config_from_dict(data, overrides)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    positive = {
+        "train.steps": cfg.train.steps, "data.batch_size": cfg.data.batch_size,
+        "data.seq_len": cfg.data.seq_len, "train.grad_accum": cfg.train.grad_accum,
+        "data.eval_batch_size": cfg.data.eval_batch_size,
+    }
+    for key, v in positive.items():
+        if v <= 0:
+            raise ConfigError(f"{key}: must be positive, got {v}")
+    if cfg.data.batch_size % cfg.train.grad_accum:
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} is not divisible by train.grad_accum={cfg.train.grad_accum}")
+    for axis in ("data", "fsdp", "tensor"):
+        v = getattr(cfg.mesh, axis)
+        if v == 0 or v < -1:
+            raise ConfigError(f"mesh.{axis}: must be a positive size or -1, got {v}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr: must be positive, got {cfg.optim.lr}")
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_path(text: str, root: str | None = None) -> Path:
+    """Expands ${VAR:-default} and ~; a relative path is taken under `root` when given."""
+    out = _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), text)
+    p = Path(os.path.expanduser(out))
+    if root is not None and not p.is_absolute():
+        p = Path(root) / p
+    return p
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain dict (lists for tuples) for YAML/JSON output."""
+    def conv(x: Any) -> Any:
+        if dataclasses.is_dataclass(x):
+            return {f.name: conv(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        if isinstance(x, (tuple, list)):
+            return [conv(v) for v in x]
+        if isinstance(x, dict):
+            return {k: conv(v) for k, v in x.items()}
+        return x
+    return conv(cfg)
+
+
+def dump_config(cfg: Config, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

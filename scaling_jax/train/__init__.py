@@ -1,0 +1,1 @@
+"""Training: state, pure steps, optimizer, losses and the fit loop."""

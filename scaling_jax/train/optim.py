@@ -1,0 +1,53 @@
+"""Optimizer and learning-rate schedule from config (optax), with freeze masks applied."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import optax
+
+from scaling_jax.config import OptimConfig
+
+# HF/BERT convention: no weight decay on biases and layer-norm parameters.
+_NO_DECAY = re.compile(r"(^|/)(bias|scale)$|LayerNorm|ln_")
+
+
+def make_schedule(cfg: OptimConfig, total_steps: int, lr: float | None = None) -> optax.Schedule:
+    """Linear warmup, then cosine / linear decay to `end_lr_ratio * lr` at `total_steps`, or constant."""
+    peak = cfg.lr if lr is None else lr
+    warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+    decay_steps = max(total_steps - warmup, 1)
+    end = peak * cfg.end_lr_ratio
+    if cfg.schedule == "constant":
+        after = optax.constant_schedule(peak)
+    elif cfg.schedule == "linear":
+        after = optax.linear_schedule(peak, end, decay_steps)
+    else:
+        after = optax.cosine_decay_schedule(peak, decay_steps, alpha=cfg.end_lr_ratio)
+    if warmup == 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def decay_mask(params: Any) -> Any:
+    def keep(path, _):
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        return not _NO_DECAY.search(name)
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int, *, lr: float | None = None,
+                   freeze_labels: Any = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """clip -> adamw/sgd on a schedule; with `freeze_labels` ('train'/'frozen' per leaf), frozen
+    leaves go through `optax.set_to_zero()` inside `optax.partition` and so carry no moments."""
+    schedule = make_schedule(cfg, total_steps, lr)
+    if cfg.name == "adamw":
+        core = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                           mask=decay_mask)
+    else:
+        core = optax.sgd(schedule, momentum=cfg.b1 or None)
+    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), core) if cfg.clip_norm > 0 else core
+    if freeze_labels is not None:
+        tx = optax.partition({"train": tx, "frozen": optax.set_to_zero()}, freeze_labels)
+    return tx, schedule
