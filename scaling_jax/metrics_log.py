@@ -1,0 +1,66 @@
+"""Metrics output: `metrics.jsonl` (one object per line) and TensorBoard event files where installed."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _plain(v: Any) -> Any:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    if isinstance(v, (bool, int)) and not isinstance(v, float):
+        return v
+    return f if math.isfinite(f) else str(f)
+
+
+class MetricsWriter:
+    """Appends `{"step", "split", "loss", ...}` lines; `truncate_after(step)` drops lines of a run
+    that are newer than the checkpoint it resumes from, so a resumed log equals an uninterrupted one."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        self._tb = None
+        if enabled and tensorboard:
+            try:
+                from tensorboard.summary.writer.event_file_writer import EventFileWriter
+                self._tb = EventFileWriter(str(Path(run_dir) / "tensorboard"))
+            except ImportError:
+                log.info("tensorboard not installed: metrics go to metrics.jsonl only")
+
+    def truncate_after(self, step: int) -> None:
+        if not self.enabled or not self.path.is_file():
+            return
+        keep = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), "split": split, **{k: _plain(v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            from tensorboard.compat.proto.event_pb2 import Event
+            from tensorboard.compat.proto.summary_pb2 import Summary
+            values = [Summary.Value(tag=f"{split}/{k}", simple_value=float(v))
+                      for k, v in row.items() if k not in ("step", "split") and isinstance(v, (int, float))]
+            self._tb.add_event(Event(wall_time=time.time(), step=int(step), summary=Summary(value=values)))
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -1,0 +1,46 @@
+"""Evaluation over a whole split: exact loss from summed batches, plus the task's own metrics."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from scaling_jax.config import Config
+from scaling_jax.data.arrays import ArrayDataset
+
+
+def predict_split(eval_step: Callable, params: Any, ds: ArrayDataset, batch_size: int, sharding,
+                  max_batches: int = 0) -> tuple[dict, np.ndarray]:
+    """Runs `eval_step` over `ds` in order; returns summed loss stats and per-example predictions."""
+    from scaling_jax.train.loop import place_batch
+    sums = {"loss_sum": 0.0, "count": 0.0, "correct": 0.0}
+    preds = []
+    outs = []
+    for idx, batch in ds.eval_batches(batch_size, max_batches):
+        outs.append((idx, eval_step(params, place_batch(batch, sharding))))  # dispatch all, then read
+    for idx, out in outs:
+        out = jax.device_get(out)
+        for k in sums:
+            sums[k] += float(out[k])
+        preds.append(np.asarray(out["predictions"])[: len(idx)])
+    return sums, (np.concatenate(preds) if preds else np.zeros((0,), np.int32))
+
+
+def evaluate(eval_step: Callable, params: Any, ds: ArrayDataset, cfg: Config, data, sharding) -> dict:
+    sums, preds = predict_split(eval_step, params, ds, cfg.data.eval_batch_size, sharding,
+                                cfg.data.max_eval_batches)
+    count = max(sums["count"], 1.0)
+    loss = sums["loss_sum"] / count
+    out: dict[str, Any] = {"loss": loss}
+    task = cfg.model.task
+    if task == "causal_lm":
+        out["perplexity"] = math.exp(min(loss, 50.0))
+        out["tokens"] = int(sums["count"])
+    elif task == "sequence_classification":
+        out["accuracy"] = sums["correct"] / count
+    elif task == "token_classification":
+        from scaling_jax.data.ner import ner_eval
+        out.update(ner_eval(ds, preds, data))
+    return out

@@ -1,0 +1,231 @@
+"""The fit loop: resume, jitted steps, eval cadence, early stopping, NaN guard, checkpoints, preemption."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from scaling_jax.config import Config, dump_config, to_dict
+from scaling_jax.data.arrays import ArrayDataset
+from scaling_jax.data.sampler import batch_indices
+from scaling_jax.errors import CheckpointMismatchError, NonFiniteLossError
+from scaling_jax.mesh import batch_sharding, check_batch, make_mesh, merge_rules
+from scaling_jax.metrics_log import MetricsWriter
+from scaling_jax.train import build
+from scaling_jax.train.evaluate import evaluate
+from scaling_jax.train.optim import make_optimizer
+from scaling_jax.train.state import TrainState
+from scaling_jax.train.step import init_state, make_eval_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+def global_batch(ds: ArrayDataset, idx: np.ndarray, sharding) -> dict[str, jax.Array]:
+    """A global jax.Array per column; each process gathers only the rows its devices hold."""
+    def column(name):
+        col = ds.arrays[name]
+        shape = (len(idx),) + col.shape[1:]
+        return jax.make_array_from_callback(shape, sharding, lambda s: col[idx[s[0]]])
+    return {k: column(k) for k in ds.arrays}
+
+
+def place_batch(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+    return {k: jax.make_array_from_callback(v.shape, sharding, lambda s, v=v: v[s]) for k, v in batch.items()}
+
+
+def config_hash(cfg: Config) -> str:
+    d = to_dict(cfg)
+    for k in ("run", "checkpoint", "mesh", "distributed"):  # may change on resume
+        d.pop(k, None)
+    d["train"].pop("steps", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Trains per `cfg` into `cfg.run_dir`; resumes from its latest good checkpoint. Returns the
+    final metrics (eval, test, best) as a dict. Raises NonFiniteLossError on a NaN loss."""
+    from scaling_jax import distributed
+    from scaling_jax.checkpoint import Checkpointer
+    from scaling_jax.preemption import PreemptionGuard
+
+    distributed.initialize_from_config(cfg.distributed)
+    main = jax.process_index() == 0
+    run_dir = cfg.run_dir
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir / "config.yaml")
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    rules = merge_rules(cfg.mesh.rules)
+    check_batch(cfg.data.batch_size // cfg.train.grad_accum, mesh, rules, "data.batch_size / train.grad_accum")
+    check_batch(cfg.data.eval_batch_size, mesh, rules, "data.eval_batch_size")
+    bsh = batch_sharding(mesh, rules)
+
+    from scaling_jax.models import load_tokenizer
+    tokenizer = load_tokenizer(build.tokenizer_dir(cfg))
+    data = build.load_data(cfg, tokenizer)
+    id2label = {i: n for i, n in enumerate(data.label_names)} or None
+    model = build.build_model(cfg, num_labels=len(data.label_names) or None, id2label=id2label)
+    trainable = build.make_trainable(cfg, model)
+    tx, schedule = make_optimizer(cfg.optim, cfg.train.steps, freeze_labels=trainable.freeze_labels)
+    state, state_sh = init_state(trainable.tree, trainable.logical, tx, mesh=mesh, rules=rules,
+                                 seed=cfg.train.seed)
+    total = build.count_params(trainable.tree)
+    frozen = trainable.report.get("frozen_params", 0)
+    opt_bytes = sum(x.nbytes for x in jax.tree.leaves(state.opt_state))
+    summary = {"params_total": total, "params_trainable": total - frozen, "opt_state_bytes": int(opt_bytes),
+               "mesh": dict(mesh.shape), "devices": jax.device_count(), "processes": jax.process_count(),
+               **data.notes}
+    if main:
+        print(f"[scaling_jax] {cfg.run.name}: {total:,} params, {total - frozen:,} trainable, "
+              f"optimizer state {opt_bytes / 2**20:.1f} MiB, mesh {dict(mesh.shape)}, "
+              f"{len(data.train):,} train examples", flush=True)
+        for line in trainable.report.get("lines", []):
+            print(f"[scaling_jax]   {line}", flush=True)
+
+    train_step = make_train_step(model, tx, mesh=mesh, state_sharding=state_sh, batch_sharding=bsh,
+                                 grad_accum=cfg.train.grad_accum,
+                                 skip_nonfinite=cfg.train.nan_policy == "skip", param_fn=trainable.param_fn)
+    eval_step = make_eval_step(model, mesh=mesh, params_sharding=state_sh.params, batch_sharding=bsh,
+                               param_fn=trainable.param_fn)
+
+    ckpt = Checkpointer(run_dir / "checkpoints", every=cfg.checkpoint.every or cfg.train.steps,
+                        max_to_keep=cfg.checkpoint.max_to_keep,
+                        best_k=cfg.checkpoint.best_k if cfg.train.early_stopping_metric else 0,
+                        best_metric=cfg.train.early_stopping_metric or "eval/loss",
+                        best_mode=cfg.train.early_stopping_mode, async_save=cfg.checkpoint.async_save)
+    writer = MetricsWriter(run_dir, enabled=main)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
+    restored = ckpt.restore_latest(abstract)
+    progress = {"best": None, "bad_evals": 0, "stopped_early": False}
+    if restored is not None:
+        step0, state, extra = restored
+        if extra.get("config_hash") not in (None, config_hash(cfg)):
+            raise CheckpointMismatchError(f"{run_dir}: checkpoint step {step0} was written by a different config; "
+                               f"use another run.dir")
+        progress.update(extra.get("progress", {}))
+        writer.truncate_after(step0)
+        if main:
+            print(f"[scaling_jax] resumed from step {step0} in {ckpt.directory}", flush=True)
+    else:
+        step0 = 0
+        writer.truncate_after(-1)
+        if main:
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        if data.test is not None and cfg.model.task != "causal_lm":
+            before = evaluate(eval_step, state.params, data.test, cfg, data, bsh)
+            writer.write(0, "test", {"phase": "before", **before})
+
+    evaluate_valid = lambda st: evaluate(eval_step, st.params, data.valid, cfg, data, bsh)
+    result: dict[str, Any] = {"summary": summary}
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    pending: tuple[int, Any] | None = None
+    t_last, steps_since = time.perf_counter(), 0
+    bar = tqdm(total=cfg.train.steps, initial=step0, disable=not main, desc=cfg.run.name, dynamic_ncols=True)
+
+    def check(step: int, metrics: Any) -> dict:
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not m["train/finite"] and cfg.train.nan_policy == "stop":
+            raise NonFiniteLossError(
+                f"non-finite training loss ({m['train/loss']}) at step {step}; the last good checkpoint "
+                f"(step {ckpt.latest_step()}) is kept in {ckpt.directory}")
+        return m
+
+    def log_train(step: int, m: dict) -> None:
+        nonlocal t_last, steps_since
+        if step % cfg.train.log_every and step != cfg.train.steps:
+            return
+        now = time.perf_counter()
+        tps = tokens_per_step * steps_since / max(now - t_last, 1e-9)
+        t_last, steps_since = now, 0
+        writer.write(step, "train", {"loss": m["train/loss"], "accuracy": m["train/accuracy"],
+                                     "grad_norm": m["train/grad_norm"], "lr": float(schedule(step - 1)),
+                                     "tokens_per_s": tps, "finite": bool(m["train/finite"])})
+        bar.set_postfix(loss=f"{m['train/loss']:.4f}", tok_s=f"{tps:,.0f}")
+
+    with PreemptionGuard() as guard:
+        step = step0
+        while step < cfg.train.steps and not progress["stopped_early"]:
+            idx = batch_indices(step, cfg.data.batch_size, len(data.train), cfg.train.seed)
+            state, metrics = train_step(state, global_batch(data.train, idx, bsh))
+            step += 1
+            steps_since += 1
+            bar.update(1)
+            if pending is not None:  # read step-1's metrics only after step is dispatched
+                log_train(pending[0], check(*pending))
+            pending = (step, metrics)
+            due_eval = data.valid is not None and (step % cfg.train.eval_every == 0 or step == cfg.train.steps)
+            due_ckpt = step % ckpt.every == 0 or step == cfg.train.steps
+            stop = guard.should_stop(step)
+            if due_eval or due_ckpt or stop:
+                log_train(pending[0], check(*pending))  # never save or eval an unchecked state
+                pending = None
+            eval_metrics = None
+            if due_eval:
+                eval_metrics = evaluate_valid(state)
+                writer.write(step, "eval", eval_metrics)
+                result["eval"] = eval_metrics
+                _early_stopping(cfg, progress, eval_metrics, step)
+            if due_ckpt or stop or progress["stopped_early"]:
+                extra = {"data_step": step, "config_hash": config_hash(cfg), "progress": progress}
+                ckpt.save(step, state, extra=extra, force=True,
+                          metrics={f"eval/{k}": v for k, v in (eval_metrics or {}).items()
+                                   if isinstance(v, (int, float))} or None)
+            elif eval_metrics is not None and progress.get("best_step") == step and ckpt.best_k:
+                ckpt.save(step, state, extra={"data_step": step, "config_hash": config_hash(cfg),
+                                              "progress": progress}, force=True,
+                          metrics={f"eval/{k}": v for k, v in eval_metrics.items()
+                                   if isinstance(v, (int, float))})
+            if stop:
+                ckpt.wait()
+                bar.close()
+                if main:
+                    print(f"[scaling_jax] preempted: saved step {step}; rerun the same command to resume",
+                          flush=True)
+                result["preempted"] = step
+                return result
+        if pending is not None:
+            log_train(pending[0], check(*pending))
+    bar.close()
+    ckpt.wait()
+    result["final_step"] = step
+    if data.test is not None:
+        best = ckpt.restore_best(abstract) if ckpt.best_k else None
+        test_params = best[1].params if best is not None else state.params
+        test_metrics = evaluate(eval_step, test_params, data.test, cfg, data, bsh)
+        tag = {"phase": "after", "from_step": best[0] if best is not None else step}
+        writer.write(step, "test", {**tag, **test_metrics})
+        result["test"] = {**tag, **test_metrics}
+        if main and "report" in test_metrics:
+            print(test_metrics["report"], flush=True)
+    result["best"] = progress.get("best")
+    ckpt.close()
+    writer.close()
+    if main:
+        (run_dir / "result.json").write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def _early_stopping(cfg: Config, progress: dict, eval_metrics: dict, step: int) -> None:
+    key = cfg.train.early_stopping_metric
+    if not key:
+        return
+    name = key.split("/", 1)[-1]
+    if name not in eval_metrics:
+        raise KeyError(f"train.early_stopping_metric={key!r} is not an eval metric; have "
+                       f"{', '.join('eval/' + k for k in eval_metrics)}")
+    value, best = float(eval_metrics[name]), progress["best"]
+    better = best is None or (value > best if cfg.train.early_stopping_mode == "max" else value < best)
+    if better:
+        progress.update(best=value, best_step=step, bad_evals=0)
+    else:
+        progress["bad_evals"] += 1
+        if cfg.train.patience and progress["bad_evals"] >= cfg.train.patience:
+            progress["stopped_early"] = True
+
