@@ -135,6 +135,7 @@ def train(cfg: Config) -> dict[str, Any]:
             raise NonFiniteLossError(
                 f"non-finite training loss ({m['train/loss']}) at step {step}; the last good checkpoint "
                 f"(step {ckpt.latest_step()}) is kept in {ckpt.directory}")
+        result["train_loss"] = m["train/loss"]
         return m
 
     def log_train(step: int, m: dict) -> None:

@@ -1,0 +1,90 @@
+"""Size sweeps: one recipe trained over a GPT width family, collected into results.csv, then fitted."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+RESULT_COLUMNS = ("name", "d_model", "n_layers", "n_heads", "params", "params_total", "tokens", "flops",
+                  "steps", "lr", "loss", "train_loss")
+
+
+def member_configs(cfg) -> list:
+    """One Config per width in `sweep.widths`: depth = width / aspect_ratio (at least 1), heads of
+    `head_dim`, steps = sweep.tokens / (batch * seq_len), learning rate by `sweep.lr_rule`."""
+    s = cfg.sweep
+    if not s.widths:
+        raise ValueError("sweep.widths: list at least one model width")
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    steps = s.tokens // tokens_per_step if s.tokens else cfg.train.steps
+    if steps <= 0:
+        raise ValueError(f"sweep.tokens={s.tokens} is less than one step of {tokens_per_step} tokens")
+    out = []
+    for d in s.widths:
+        if d % s.head_dim:
+            raise ValueError(f"sweep.widths: {d} is not a multiple of sweep.head_dim={s.head_dim}")
+        n_layers = max(1, round(d / s.aspect_ratio))
+        lr = cfg.optim.lr * (s.base_width / d if s.lr_rule == "inverse_width" else 1.0)
+        name = f"d{d}_l{n_layers}"
+        out.append(dataclasses.replace(
+            cfg,
+            run=dataclasses.replace(cfg.run, name=name, dir=str(cfg.run_dir / "members" / name)),
+            model=dataclasses.replace(cfg.model, d_model=d, n_layers=n_layers, n_heads=d // s.head_dim),
+            train=dataclasses.replace(cfg.train, steps=steps, eval_every=steps),
+            optim=dataclasses.replace(cfg.optim, lr=lr),
+            checkpoint=dataclasses.replace(cfg.checkpoint, every=cfg.checkpoint.every or steps),
+        ))
+    return out
+
+
+def _row(member, result: dict) -> dict[str, Any]:
+    summary = result["summary"]
+    m = member.model
+    seq = member.data.seq_len
+    # Kaplan et al. (2020): N excludes embeddings; C = 6 N D plus attention 6 n_layer n_ctx d per token.
+    n_embed = m.vocab_size * m.d_model + m.max_len * m.d_model
+    params = summary["params_total"] - n_embed
+    tokens = member.train.steps * member.data.batch_size * seq
+    flops = (6 * params + 6 * m.n_layers * seq * m.d_model) * tokens
+    return {"name": member.run.name, "d_model": m.d_model, "n_layers": m.n_layers, "n_heads": m.n_heads,
+            "params": params, "params_total": summary["params_total"], "tokens": tokens, "flops": flops,
+            "steps": member.train.steps, "lr": member.optim.lr, "loss": result["eval"]["loss"],
+            "train_loss": result.get("train_loss", "")}
+
+
+def run_sweep(cfg, train_fn: Callable | None = None) -> Path:
+    """Trains each member in sequence (or only `sweep.member`), skipping finished ones, writes
+    `results.csv`, then fits and plots when every member is done. Returns the CSV path."""
+    if train_fn is None:
+        from scaling_jax.train.loop import train as train_fn
+    members = member_configs(cfg)
+    chosen = members if cfg.sweep.member < 0 else [members[cfg.sweep.member]]
+    for member in chosen:
+        done = member.run_dir / "result.json"
+        if done.is_file() and "eval" in json.loads(done.read_text()):
+            print(f"[sweep] {member.run.name}: done already, skipped", flush=True)
+            continue
+        print(f"[sweep] {member.run.name}: {member.train.steps} steps at lr {member.optim.lr:g}", flush=True)
+        train_fn(member)
+    rows = []
+    for member in members:
+        done = member.run_dir / "result.json"
+        if done.is_file():
+            rows.append(_row(member, json.loads(done.read_text())))
+    out = Path(cfg.sweep.results) if cfg.sweep.results else cfg.run_dir / "results.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    print(f"[sweep] {len(rows)}/{len(members)} members in {out}", flush=True)
+    if len(rows) == len(members) and len(rows) >= 3:
+        from scaling_jax.scaling import fit_cli
+        fit_cli.main([str(out), "--law", "power", "--out", str(out.with_name("fit.json")),
+                      "--plot-dir", str(out.parent)])
+    return out
