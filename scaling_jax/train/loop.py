@@ -5,7 +5,6 @@ import hashlib
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -16,13 +15,9 @@ from scaling_jax.config import Config, dump_config, to_dict
 from scaling_jax.data.arrays import ArrayDataset
 from scaling_jax.data.sampler import batch_indices
 from scaling_jax.errors import CheckpointMismatchError, NonFiniteLossError
-from scaling_jax.mesh import batch_sharding, check_batch, make_mesh, merge_rules
 from scaling_jax.metrics_log import MetricsWriter
-from scaling_jax.train import build
 from scaling_jax.train.evaluate import evaluate
-from scaling_jax.train.optim import make_optimizer
-from scaling_jax.train.state import TrainState
-from scaling_jax.train.step import init_state, make_eval_step, make_train_step
+from scaling_jax.train.session import make_checkpointer, open_session
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +47,6 @@ def train(cfg: Config) -> dict[str, Any]:
     """Trains per `cfg` into `cfg.run_dir`; resumes from its latest good checkpoint. Returns the
     final metrics (eval, test, best) as a dict. Raises NonFiniteLossError on a NaN loss."""
     from scaling_jax import distributed
-    from scaling_jax.checkpoint import Checkpointer
     from scaling_jax.preemption import PreemptionGuard
 
     distributed.initialize_from_config(cfg.distributed)
@@ -61,47 +55,21 @@ def train(cfg: Config) -> dict[str, Any]:
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
-    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    rules = merge_rules(cfg.mesh.rules)
-    check_batch(cfg.data.batch_size // cfg.train.grad_accum, mesh, rules, "data.batch_size / train.grad_accum")
-    check_batch(cfg.data.eval_batch_size, mesh, rules, "data.eval_batch_size")
-    bsh = batch_sharding(mesh, rules)
-
-    from scaling_jax.models import load_tokenizer
-    tokenizer = load_tokenizer(build.tokenizer_dir(cfg))
-    data = build.load_data(cfg, tokenizer)
-    id2label = {i: n for i, n in enumerate(data.label_names)} or None
-    model = build.build_model(cfg, num_labels=len(data.label_names) or None, id2label=id2label)
-    trainable = build.make_trainable(cfg, model)
-    tx, schedule = make_optimizer(cfg.optim, cfg.train.steps, freeze_labels=trainable.freeze_labels)
-    state, state_sh = init_state(trainable.tree, trainable.logical, tx, mesh=mesh, rules=rules,
-                                 seed=cfg.train.seed)
-    total = build.count_params(trainable.tree)
-    frozen = trainable.report.get("frozen_params", 0)
-    opt_bytes = sum(x.nbytes for x in jax.tree.leaves(state.opt_state))
-    summary = {"params_total": total, "params_trainable": total - frozen, "opt_state_bytes": int(opt_bytes),
-               "mesh": dict(mesh.shape), "devices": jax.device_count(), "processes": jax.process_count(),
-               **data.notes}
+    session = open_session(cfg)
+    data, state, bsh, schedule = session.data, session.state, session.batch_sharding, session.schedule
+    train_step, eval_step = session.train_step, session.eval_step
+    summary = session.summary()
     if main:
-        print(f"[scaling_jax] {cfg.run.name}: {total:,} params, {total - frozen:,} trainable, "
-              f"optimizer state {opt_bytes / 2**20:.1f} MiB, mesh {dict(mesh.shape)}, "
+        (run_dir / "labels.json").write_text(json.dumps(session.label_names))
+        print(f"[scaling_jax] {cfg.run.name}: {summary['params_total']:,} params, "
+              f"{summary['params_trainable']:,} trainable, optimizer state "
+              f"{summary['opt_state_bytes'] / 2**20:.1f} MiB, mesh {summary['mesh']}, "
               f"{len(data.train):,} train examples", flush=True)
-        for line in trainable.report.get("lines", []):
+        for line in session.trainable.report.get("lines", []):
             print(f"[scaling_jax]   {line}", flush=True)
-
-    train_step = make_train_step(model, tx, mesh=mesh, state_sharding=state_sh, batch_sharding=bsh,
-                                 grad_accum=cfg.train.grad_accum,
-                                 skip_nonfinite=cfg.train.nan_policy == "skip", param_fn=trainable.param_fn)
-    eval_step = make_eval_step(model, mesh=mesh, params_sharding=state_sh.params, batch_sharding=bsh,
-                               param_fn=trainable.param_fn)
-
-    ckpt = Checkpointer(run_dir / "checkpoints", every=cfg.checkpoint.every or cfg.train.steps,
-                        max_to_keep=cfg.checkpoint.max_to_keep,
-                        best_k=cfg.checkpoint.best_k if cfg.train.early_stopping_metric else 0,
-                        best_metric=cfg.train.early_stopping_metric or "eval/loss",
-                        best_mode=cfg.train.early_stopping_mode, async_save=cfg.checkpoint.async_save)
+    ckpt = make_checkpointer(cfg)
     writer = MetricsWriter(run_dir, enabled=main)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
+    abstract = session.abstract_state
     restored = ckpt.restore_latest(abstract)
     progress = {"best": None, "bad_evals": 0, "stopped_early": False}
     if restored is not None:

@@ -1,0 +1,140 @@
+"""A run's set-up shared by train / eval / export / predict: mesh, model, state, compiled steps."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+from jax.sharding import Mesh, NamedSharding
+
+from scaling_jax.config import Config, load_config
+from scaling_jax.mesh import batch_sharding, check_batch, make_mesh, merge_rules
+from scaling_jax.train import build
+from scaling_jax.train.optim import make_optimizer
+from scaling_jax.train.state import TrainState
+from scaling_jax.train.step import init_state, make_eval_step, make_train_step
+
+
+@dataclass
+class Session:
+    cfg: Config
+    mesh: Mesh
+    rules: dict
+    batch_sharding: NamedSharding
+    tokenizer: Any
+    data: build.Data | None
+    label_names: list[str]
+    model: Any
+    trainable: build.Trainable
+    tx: Any
+    schedule: Any
+    state: TrainState
+    state_sharding: Any
+    train_step: Any
+    eval_step: Any
+
+    @property
+    def abstract_state(self) -> Any:
+        """ShapeDtypeStructs carrying the target shardings: what a checkpoint restores into."""
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            self.state, self.state_sharding)
+
+    def model_params(self, trained: Any) -> Any:
+        """The model's own params from the trained tree (LoRA merged in)."""
+        return self.trainable.param_fn(trained)
+
+    def summary(self) -> dict:
+        total = build.count_params(self.trainable.tree)
+        frozen = self.trainable.report.get("frozen_params", 0)
+        opt_bytes = sum(x.nbytes for x in jax.tree.leaves(self.state.opt_state))
+        return {"params_total": total, "params_trainable": total - frozen, "opt_state_bytes": int(opt_bytes),
+                "mesh": dict(self.mesh.shape), "devices": jax.device_count(),
+                "processes": jax.process_count(), **(self.data.notes if self.data else {})}
+
+
+def open_session(cfg: Config, *, with_data: bool = True) -> Session:
+    """Builds everything a run needs, with the optimizer state born sharded. Without data, label
+    names come from the run directory's labels.json (written by training)."""
+    mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    rules = merge_rules(cfg.mesh.rules)
+    check_batch(cfg.data.batch_size // cfg.train.grad_accum, mesh, rules, "data.batch_size / train.grad_accum")
+    check_batch(cfg.data.eval_batch_size, mesh, rules, "data.eval_batch_size")
+    bsh = batch_sharding(mesh, rules)
+    from scaling_jax.models import load_tokenizer
+    tokenizer = load_tokenizer(build.tokenizer_dir(cfg))
+    data = build.load_data(cfg, tokenizer) if with_data else None
+    labels_file = cfg.run_dir / "labels.json"
+    if data is not None:
+        label_names = data.label_names
+    elif labels_file.is_file():
+        label_names = json.loads(labels_file.read_text())
+    else:
+        label_names = []
+    id2label = {i: n for i, n in enumerate(label_names)} or None
+    model = build.build_model(cfg, num_labels=len(label_names) or None, id2label=id2label)
+    trainable = build.make_trainable(cfg, model)
+    tx, schedule = make_optimizer(cfg.optim, cfg.train.steps, freeze_labels=trainable.freeze_labels)
+    state, state_sh = init_state(trainable.tree, trainable.logical, tx, mesh=mesh, rules=rules,
+                                 seed=cfg.train.seed)
+    train_step = make_train_step(model, tx, mesh=mesh, state_sharding=state_sh, batch_sharding=bsh,
+                                 grad_accum=cfg.train.grad_accum,
+                                 skip_nonfinite=cfg.train.nan_policy == "skip", param_fn=trainable.param_fn)
+    eval_step = make_eval_step(model, mesh=mesh, params_sharding=state_sh.params, batch_sharding=bsh,
+                               param_fn=trainable.param_fn)
+    return Session(cfg, mesh, rules, bsh, tokenizer, data, label_names, model, trainable, tx, schedule,
+                   state, state_sh, train_step, eval_step)
+
+
+def make_checkpointer(cfg: Config):
+    from scaling_jax.checkpoint import Checkpointer
+    return Checkpointer(cfg.run_dir / "checkpoints", every=cfg.checkpoint.every or cfg.train.steps,
+                        max_to_keep=cfg.checkpoint.max_to_keep,
+                        best_k=cfg.checkpoint.best_k if cfg.train.early_stopping_metric else 0,
+                        best_metric=cfg.train.early_stopping_metric or "eval/loss",
+                        best_mode=cfg.train.early_stopping_mode, async_save=cfg.checkpoint.async_save)
+
+
+def restore_params(session: Session, which: str = "best") -> tuple[int, Any]:
+    """(step, trained tree) from the run's best checkpoint (else latest); an error when there is none."""
+    ckpt = make_checkpointer(session.cfg)
+    try:
+        got = ckpt.restore_best(session.abstract_state) if which == "best" and ckpt.best_k else None
+        got = got or ckpt.restore_latest(session.abstract_state)
+    finally:
+        ckpt.close()
+    if got is None:
+        raise FileNotFoundError(f"{session.cfg.run_dir / 'checkpoints'}: no checkpoint to load")
+    return got[0], got[1].params
+
+
+def evaluate_run(cfg: Config) -> dict[str, dict]:
+    from scaling_jax.train.evaluate import evaluate
+    session = open_session(cfg)
+    step, params = restore_params(session)
+    out = {}
+    for split in ("valid", "test"):
+        ds = getattr(session.data, split)
+        if ds is not None:
+            out[split] = {"from_step": step, **evaluate(session.eval_step, params, ds, cfg, session.data,
+                                                         session.batch_sharding)}
+    return out
+
+
+def run_config(run_dir: str | Path, overrides: tuple[str, ...] = ()) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
+    return load_config(path, (f"run.dir={run_dir}", *overrides))
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -> Path:
+    """Writes the run's best (or latest) params, LoRA merged, as a Hugging Face directory."""
+    from scaling_jax.models import save_pretrained
+    cfg = run_config(run_dir, ("mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1"))
+    session = open_session(cfg, with_data=False)
+    _, trained = restore_params(session, checkpoint)
+    params = jax.device_get(session.model_params(trained))
+    save_pretrained(session.model, params, out_dir, tokenizer_dir=build.tokenizer_dir(cfg))
+    return Path(out_dir)
