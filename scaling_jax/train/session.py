@@ -87,9 +87,10 @@ def open_session(cfg: Config, *, with_data: bool = True) -> Session:
                    state, state_sh, train_step, eval_step)
 
 
-def make_checkpointer(cfg: Config):
+def make_checkpointer(cfg: Config, read_only: bool = False):
     from scaling_jax.checkpoint import Checkpointer
-    return Checkpointer(cfg.run_dir / "checkpoints", every=cfg.checkpoint.every or cfg.train.steps,
+    return Checkpointer(cfg.run_dir / "checkpoints", read_only=read_only,
+                        every=cfg.checkpoint.every or cfg.train.steps,
                         max_to_keep=cfg.checkpoint.max_to_keep,
                         best_k=cfg.checkpoint.best_k if cfg.train.early_stopping_metric else 0,
                         best_metric=cfg.train.early_stopping_metric or "eval/loss",
@@ -98,7 +99,7 @@ def make_checkpointer(cfg: Config):
 
 def restore_params(session: Session, which: str = "best") -> tuple[int, Any]:
     """(step, trained tree) from the run's best checkpoint (else latest); an error when there is none."""
-    ckpt = make_checkpointer(session.cfg)
+    ckpt = make_checkpointer(session.cfg, read_only=True)  # never clean up a live trainer's tmp dirs
     try:
         got = ckpt.restore_best(session.abstract_state) if which == "best" and ckpt.best_k else None
         got = got or ckpt.restore_latest(session.abstract_state)
