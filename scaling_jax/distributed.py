@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -195,8 +196,7 @@ def _timeout(value: float | None, environ: Mapping[str, str], name: str, default
     return int(value)
 
 
-_topology: Topology | None = None
-_source: str = "single"
+_topology: Topology | None = None  # set once by `initialize`
 
 
 def initialize(
@@ -207,14 +207,20 @@ def initialize(
     timeout_s: int | None = None,
     heartbeat_timeout_s: int | None = None,
     shutdown_timeout_s: int | None = None,
+    fail_fast: bool = True,
 ) -> Topology:
     """Joins this process to the others (see the module docstring) and returns the topology.
 
     Call it first, before any jax computation or `jax.devices()`. Calling it again returns the
     same topology. Timeouts default to `SCALING_JAX_{INIT,HEARTBEAT,SHUTDOWN}_TIMEOUT_S`, then to
     jax's defaults (300, 100, 300 s).
+
+    `fail_fast` (multi-process only): an uncaught exception prints its traceback and ends the
+    process at once (`abort`) instead of running jax's exit-time `distributed.shutdown()`, whose
+    barrier would wait up to the shutdown timeout for peers that are themselves stuck waiting for
+    this process in a collective. The launcher then sees the failure and stops the rest.
     """
-    global _topology, _source
+    global _topology
     if _topology is not None:
         return _topology
     environ = os.environ
@@ -243,16 +249,16 @@ def initialize(
             heartbeat_timeout_seconds=heartbeat_s,
             shutdown_timeout_seconds=shutdown_s,
         )
-    _source = spec.source
-    _topology = current_topology()
+    _topology = _make_topology(spec.source)
+    if fail_fast and _topology.process_count > 1:
+        _install_fail_fast_excepthook()
     logger.info("topology: process %d/%d, %d local / %d global %s devices (from %s)",
                 _topology.process_index, _topology.process_count, _topology.local_device_count,
                 _topology.global_device_count, _topology.platform, _topology.source)
     return _topology
 
 
-def current_topology() -> Topology:
-    """The topology as jax sees it now (initializes the backend if nothing has yet)."""
+def _make_topology(source: str) -> Topology:
     from jax._src import distributed as _jax_distributed  # the coordinator address jax used
 
     return Topology(
@@ -261,7 +267,7 @@ def current_topology() -> Topology:
         local_device_count=jax.local_device_count(),
         global_device_count=jax.device_count(),
         platform=jax.devices()[0].platform,
-        source=_source,
+        source=source,
         coordinator=getattr(_jax_distributed.global_state, "coordinator_address", None),
     )
 
@@ -298,3 +304,31 @@ def barrier(name: str, timeout_s: float | None = None) -> None:
             raise TimeoutError(f"barrier {name!r}: not every process arrived within {seconds} s "
                                f"({message.splitlines()[0]})") from error
         raise RuntimeError(f"barrier {name!r} failed: {message.splitlines()[0]}") from error
+
+
+def abort(status: int = 1) -> None:
+    """Ends this process now with `status`, skipping jax's exit-time shutdown barrier.
+
+    For a failing process of a multi-process job: `sys.exit(status)` would first wait (up to the
+    shutdown timeout) at that barrier for peers that never arrive. Flushes logs and std streams.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
+
+
+def _install_fail_fast_excepthook() -> None:
+    previous = sys.excepthook
+
+    def excepthook(exc_type, exc, traceback):
+        previous(exc_type, exc, traceback)
+        print(f"scaling_jax.distributed: process {jax.process_index()} failed; exiting without "
+              "the shutdown barrier so the other processes and the launcher notice",
+              file=sys.stderr)
+        abort(1)
+
+    sys.excepthook = excepthook

@@ -46,7 +46,8 @@ class MetricsWriter:
     def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        row = {"step": int(step), "split": split, **{k: _plain(v) for k, v in metrics.items()}}
+        row = {"step": int(step), "split": split,
+               **{k: _plain(v) for k, v in metrics.items() if k != "report"}}  # the report is printed
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:

@@ -244,8 +244,8 @@ def entities_from_tags(tokens: Sequence[str], tags: Sequence[str], scores: Seque
 
     Returns a list of {text, type, start, end, score}: `start`/`end` are word indices [start, end)
     or, with `char_offsets` ((start, end) per word in the source text), character offsets; `text`
-    joins the words (with the source's gaps when offsets are known); `score` is the mean of the
-    per-word `scores` (e.g. the predicted tag's probability) or None.
+    joins the words with one space (with offsets: as many spaces as the source's gap); `score` is
+    the mean of the per-word `scores` (e.g. the predicted tag's probability) or None.
     """
     from seqeval.metrics.sequence_labeling import get_entities
 

@@ -1,7 +1,7 @@
 """`ArrayDataset`: tokenized examples as equal-length numpy arrays, batched by index."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -15,7 +15,7 @@ class ArrayDataset:
     keeps host-only per-example data (words, word ids) for decoding predictions."""
 
     arrays: dict[str, np.ndarray]
-    meta: list[Any] = field(default_factory=list)
+    meta: Any = None
 
     def __post_init__(self):
         sizes = {k: len(v) for k, v in self.arrays.items()}

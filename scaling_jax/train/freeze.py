@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -21,8 +20,8 @@ TRAIN, FROZEN = "train", "frozen"
 # BERT `embeddings/...`, GPT-2 `wte/`, `wpe/` (notes/CONTRACTS.md). `(^|/)` lets a prefix such as
 # the "base/" of a LoRA tree come first.
 EMBEDDINGS = r"(^|/)(embeddings|wte|wpe)/"
-# Task heads and LoRA factors: everything `all_but_head` leaves trainable.
-HEAD_OR_LORA = r"(classifier|pooler|cls|score|lora|lora_a|lora_b)"
+# Task heads and the "lora" half of a {"base", "lora"} tree: what `all_but_head` leaves trainable.
+HEAD_OR_LORA = r"(classifier|pooler|cls|score|lora)"
 ALL_BUT_HEAD = rf"^(?!(.*/)?{HEAD_OR_LORA}(/|$))"
 _LAYER = re.compile(r"(^|/)(?:encoder/layer_|h_)(\d+)/")
 PRESETS = ("embeddings", "bottom:K", "all_but_head")
@@ -72,29 +71,24 @@ def preset_regex(preset: str, paths: Sequence[str]) -> str:
     raise ValueError(f"unknown freeze preset {preset!r}; presets: {PRESETS} or a regex")
 
 
-@dataclass(frozen=True)
-class FreezeReport:
-    """Parameter (element) counts: per pattern matched (patterns may overlap), frozen, trainable."""
-
-    matched: dict[str, int]
-    frozen: int
-    trainable: int
-    total: int
-
-    def lines(self) -> list[str]:
-        out = [f"freeze {name!r}: {n:,} params" for name, n in self.matched.items()]
-        share = self.trainable / self.total if self.total else 0.0
-        out.append(f"trainable {self.trainable:,} of {self.total:,} params ({share:.2%}), "
-                   f"frozen {self.frozen:,}")
-        return out
+def report_lines(report: dict) -> list[str]:
+    """A freeze report (from `make_freeze_labels`) as log lines."""
+    out = [f"freeze {name!r}: {n:,} params" for name, n in report["matched"].items()]
+    total, trainable = report["total_params"], report["trainable_params"]
+    share = trainable / total if total else 0.0
+    out.append(f"trainable {trainable:,} of {total:,} params ({share:.2%}), "
+               f"frozen {report['frozen_params']:,}")
+    return out
 
 
 def make_freeze_labels(params, presets: Sequence[str] = (), regexes: Sequence[str] = ()
-                       ) -> tuple[Any, FreezeReport]:
+                       ) -> tuple[Any, dict]:
     """Label each leaf 'frozen' if its path matches a preset or a regex (`re.search`), else 'train'.
 
-    Returns (labels tree with params' exact structure, report). A pattern that matches no parameter
-    raises ValueError naming it and a few example paths.
+    Returns (labels tree with params' exact structure, report). The report is a JSON-ready dict of
+    parameter (element) counts: `matched` {pattern: count} (patterns may overlap), `frozen_params`,
+    `trainable_params`, `total_params`. A pattern that matches no parameter raises ValueError
+    naming it and a few example paths.
     """
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     paths = [path_str(p) for p, _ in flat]
@@ -120,7 +114,8 @@ def make_freeze_labels(params, presets: Sequence[str] = (), regexes: Sequence[st
     labels = jax.tree_util.tree_unflatten(treedef, [FROZEN if f else TRAIN for f in frozen])
     n_frozen = sum(s for s, f in zip(sizes, frozen) if f)
     total = sum(sizes)
-    return labels, FreezeReport(matched, n_frozen, total - n_frozen, total)
+    return labels, {"matched": matched, "frozen_params": n_frozen,
+                    "trainable_params": total - n_frozen, "total_params": total}
 
 
 def make_optimizer_with_freeze(tx: optax.GradientTransformation, labels) -> optax.GradientTransformation:

@@ -141,16 +141,11 @@ def train(cfg: Config) -> dict[str, Any]:
                 writer.write(step, "eval", eval_metrics)
                 result["eval"] = eval_metrics
                 _early_stopping(cfg, progress, eval_metrics, step)
-            if due_ckpt or stop or progress["stopped_early"]:
-                extra = {"data_step": step, "config_hash": config_hash(cfg), "progress": progress}
-                ckpt.save(step, state, extra=extra, force=True,
-                          metrics={f"eval/{k}": v for k, v in (eval_metrics or {}).items()
-                                   if isinstance(v, (int, float))} or None)
-            elif eval_metrics is not None and progress.get("best_step") == step and ckpt.best_k:
-                ckpt.save(step, state, extra={"data_step": step, "config_hash": config_hash(cfg),
-                                              "progress": progress}, force=True,
-                          metrics={f"eval/{k}": v for k, v in eval_metrics.items()
-                                   if isinstance(v, (int, float))})
+            new_best = eval_metrics is not None and ckpt.best_k and progress.get("best_step") == step
+            if due_ckpt or stop or progress["stopped_early"] or new_best:
+                evals = {f"eval/{k}": v for k, v in (eval_metrics or {}).items() if isinstance(v, (int, float))}
+                ckpt.save(step, state, force=True, metrics=evals or None,
+                          extra={"data_step": step, "config_hash": config_hash(cfg), "progress": progress})
             if stop:
                 ckpt.wait()
                 bar.close()

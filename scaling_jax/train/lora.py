@@ -1,7 +1,7 @@
 """Functional LoRA (Hu et al. 2021): low-rank factors beside the params, merged into kernels per call.
 
 No model change: for a targeted kernel W (in, out) at "P/kernel" the LoRA tree holds
-"P/lora_a" (in, r) and "P/lora_b" (r, out), and the model runs on W + (alpha / r) · a @ b.
+"P/a" (in, r) and "P/b" (r, out), and the model runs on W + (alpha / r) · a @ b.
 The trainer keeps params = {"base": ..., "lora": ...} and freezes "base" (`lora_labels`).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from scaling_jax.train.freeze import FreezeReport, make_freeze_labels, path_str
+from scaling_jax.train.freeze import make_freeze_labels, path_str
 
 # Attention q/k/v/output and MLP projections, by the param paths of notes/CONTRACTS.md.
 DEFAULT_TARGETS = (
@@ -51,11 +51,11 @@ def lora_targets(params, targets_regex: str | Sequence[str] = DEFAULT_TARGETS) -
 
 def init_lora(params, targets_regex: str | Sequence[str] = DEFAULT_TARGETS, rank: int = 8,
               alpha: float = 16.0, rng: jax.Array | None = None) -> dict:
-    """LoRA factors for each targeted (in, out) kernel: `lora_a` (in, r) ~ N(0, 1/in), `lora_b`
-    (r, out) zeros, so the merged model starts equal to the base model.
+    """LoRA factors for each targeted (in, out) kernel: `a` (in, r) ~ N(0, 1/in), `b` (r, out)
+    zeros, so the merged model starts equal to the base model.
 
     Returns a nested dict at the kernels' module paths ({"encoder": {"layer_0": ... {"query":
-    {"lora_a", "lora_b"}}}}). `alpha` is only checked here (merge_lora uses it); `params` may be
+    {"a", "b"}}}}). `alpha` is only checked here (merge_lora uses it); `params` may be
     `jax.ShapeDtypeStruct`s (only shapes are read), so `jax.eval_shape` sizes LoRA for free.
     """
     if rank < 1:
@@ -73,8 +73,8 @@ def init_lora(params, targets_regex: str | Sequence[str] = DEFAULT_TARGETS, rank
         node = lora
         for part in name.split("/")[:-1]:
             node = node.setdefault(part, {})
-        node["lora_a"] = a
-        node["lora_b"] = jnp.zeros((rank, d_out), kernel.dtype)
+        node["a"] = a
+        node["b"] = jnp.zeros((rank, d_out), kernel.dtype)
     return lora
 
 
@@ -87,7 +87,7 @@ def merge_lora(params, lora_params, alpha: float, rank: int):
     for path, x in jax.tree_util.tree_flatten_with_path(lora_params)[0]:
         name = path_str(path)
         module, _, leaf = name.rpartition("/")
-        if leaf not in ("lora_a", "lora_b"):
+        if leaf not in ("a", "b"):
             raise ValueError(f"unexpected LoRA leaf {name}")
         factors.setdefault(module, {})[leaf] = x
     scale = alpha / rank
@@ -100,7 +100,7 @@ def merge_lora(params, lora_params, alpha: float, rank: int):
         used.add(module)
         f = factors[module]
         # HIGHEST: a float32 product even where the default matmul would use TF32/bf16 passes.
-        delta = jnp.matmul(f["lora_a"], f["lora_b"], precision=jax.lax.Precision.HIGHEST)
+        delta = jnp.matmul(f["a"], f["b"], precision=jax.lax.Precision.HIGHEST)
         return x + (scale * delta).astype(x.dtype)
 
     merged = jax.tree_util.tree_map_with_path(merge, params)
@@ -109,7 +109,7 @@ def merge_lora(params, lora_params, alpha: float, rank: int):
     return merged
 
 
-def lora_labels(tree, heads: Sequence[str] = DEFAULT_HEADS) -> tuple[dict, FreezeReport]:
+def lora_labels(tree, heads: Sequence[str] = DEFAULT_HEADS) -> tuple[dict, dict]:
     """'train'/'frozen' labels for {"base": params, "lora": lora_params}: all of "lora" and the
     base task heads (`heads`, module names) train, the rest of "base" is frozen. Returns
     (labels, report) as `freeze.make_freeze_labels` does."""

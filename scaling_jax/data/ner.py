@@ -1,0 +1,55 @@
+"""NER task data: CoNLL splits -> aligned, windowed word-piece arrays; predictions -> seqeval scores."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from scaling_jax.data.align import align_sentences, collate, decode_tags
+from scaling_jax.data.arrays import ArrayDataset
+from scaling_jax.data.conll import detect_scheme, label_set, read_conll
+from scaling_jax.metrics import ner_report, ner_scores
+
+
+def _encode(sentences, tokenizer, label_to_id, seq_len: int) -> tuple[ArrayDataset, dict]:
+    al = align_sentences(sentences, tokenizer, label_to_id=label_to_id, max_length=seq_len)
+    arrays = collate(al.windows, length=seq_len)
+    ds = ArrayDataset(arrays, meta={"windows": al.windows, "sentences": sentences})
+    notes = {"sentences": al.num_sentences, "windows": len(al.windows), "windowed": al.num_windowed,
+             "unk_words": al.num_unk_words, "truncated_words": al.num_truncated_words}
+    return ds, notes
+
+
+def load_ner(cfg, tokenizer, root: Path):
+    """Reads data.train/valid/test CoNLL files; the label set is read from all splits ('O' first)."""
+    from scaling_jax.data.lm_text import resolve_files
+    from scaling_jax.train.build import Data
+    splits = {}
+    for name in ("train", "valid", "test"):
+        pats = getattr(cfg.data, name)
+        files = resolve_files(pats, root, f"data.{name}") if pats else []
+        splits[name] = [s for f in files for s in read_conll(f)]
+    labels = label_set([s for v in splits.values() for s in v])
+    scheme = detect_scheme(splits["train"])
+    label_to_id = {t: i for i, t in enumerate(labels)}
+    out, notes = {}, {"scheme": scheme}
+    for name, sents in splits.items():
+        if sents:
+            out[name], n = _encode(sents, tokenizer, label_to_id, cfg.data.seq_len)
+            notes[name] = n
+        else:
+            out[name] = None
+    for name, n in notes.items():
+        if isinstance(n, dict) and (n["windowed"] or n["truncated_words"]):
+            print(f"[scaling_jax] data.{name}: {n['windowed']} sentences longer than data.seq_len="
+                  f"{cfg.data.seq_len} pieces were split into windows; {n['truncated_words']} words "
+                  f"truncated", flush=True)
+    return Data(out["train"], out["valid"], out["test"], label_names=labels, scheme=scheme, notes=notes)
+
+
+def ner_eval(ds: ArrayDataset, preds_NxL: np.ndarray, data) -> dict:
+    """Entity-level seqeval scores of the word-level predictions (first piece of each word)."""
+    pred_tags = decode_tags(ds.meta["windows"], preds_NxL, data.label_names)
+    true_tags = [list(s.tags) for s in ds.meta["sentences"]]
+    scores = ner_scores(true_tags, pred_tags, scheme=data.scheme)
+    return {**scores, "scheme": data.scheme, "report": ner_report(true_tags, pred_tags, scheme=data.scheme)}
