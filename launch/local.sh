@@ -11,7 +11,7 @@
 #   DEVICES_PER_PROC       CPU devices per process (default 4)
 #   SCALING_JAX_PORT       coordinator port (default: a free port)
 #   SCALING_JAX_INIT_TIMEOUT_S / _HEARTBEAT_TIMEOUT_S / _SHUTDOWN_TIMEOUT_S
-#                          jax.distributed timeouts (defaults here 120 / 30 / 60 s)
+#                          jax.distributed timeouts (defaults here 120 / 30 / 30 s)
 #   KILL_GRACE_S           seconds between SIGTERM and SIGKILL for the survivors (default 5;
 #                          jax's preemption service catches SIGTERM, so SIGKILL usually ends them)
 #
@@ -48,7 +48,7 @@ export SCALING_JAX_COORDINATOR="127.0.0.1:${port}"
 export SCALING_JAX_NUM_PROCESSES="$nproc_arg"
 export SCALING_JAX_INIT_TIMEOUT_S=${SCALING_JAX_INIT_TIMEOUT_S:-120}
 export SCALING_JAX_HEARTBEAT_TIMEOUT_S=${SCALING_JAX_HEARTBEAT_TIMEOUT_S:-30}
-export SCALING_JAX_SHUTDOWN_TIMEOUT_S=${SCALING_JAX_SHUTDOWN_TIMEOUT_S:-60}
+export SCALING_JAX_SHUTDOWN_TIMEOUT_S=${SCALING_JAX_SHUTDOWN_TIMEOUT_S:-30}
 
 state_dir=$(mktemp -d "${TMPDIR:-/tmp}/scaling_jax_local.XXXXXX")
 pgids=()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -145,20 +146,23 @@ def detect_launch(
     `SCALING_JAX_COORDINATOR` without a process count, or a process id outside the count.
     """
     environ = os.environ if environ is None else environ
-    explicit = any(v is not None for v in (coordinator, num_processes, process_id))
+    source = "explicit" if any(v is not None for v in (coordinator, num_processes, process_id)) \
+        else "env"
     coordinator = coordinator or environ.get(ENV_COORDINATOR) or None
     if num_processes is None:
         num_processes = _int_env(environ, ENV_NUM_PROCESSES)
-    source = "explicit" if explicit else "env"
     if process_id is None:
         process_id = _int_env(environ, ENV_PROCESS_ID)
-    if process_id is None and ENV_JOB_COMPLETION_INDEX in environ:
+    # A completion index alone is any indexed Job (e.g. independent sweep members), not a
+    # jax.distributed job: it counts only next to a coordinator or a process count.
+    if (process_id is None and ENV_JOB_COMPLETION_INDEX in environ
+            and (coordinator is not None or num_processes is not None)):
         job_index = _int_env(environ, ENV_JOB_INDEX) or 0
         per_job = _int_env(environ, ENV_PROCESSES_PER_JOB)
         if job_index and per_job is None:
             raise ValueError(f"{ENV_JOB_INDEX}={job_index} needs {ENV_PROCESSES_PER_JOB}")
         process_id = job_index * (per_job or 0) + _int_env(environ, ENV_JOB_COMPLETION_INDEX)
-        source = "explicit" if explicit else "k8s"
+        source = "explicit" if source == "explicit" else "k8s"
     if local_device_ids is None:
         local_device_ids = _ids_env(environ, ENV_LOCAL_DEVICE_IDS)
     local_ids = tuple(int(i) for i in local_device_ids) if local_device_ids is not None else None
@@ -180,20 +184,25 @@ def detect_launch(
         # jax picks gketpu or gcetpu itself (the GCE one asks the metadata server).
         return LaunchSpec("tpu", coordinator, num_processes, process_id, local_ids, None)
     if any(v is not None for v in resolved):
-        names = (ENV_COORDINATOR, ENV_NUM_PROCESSES, f"{ENV_PROCESS_ID} (or {ENV_JOB_COMPLETION_INDEX})")
+        names = (ENV_COORDINATOR, ENV_NUM_PROCESSES,
+                 f"{ENV_PROCESS_ID} (or {ENV_JOB_COMPLETION_INDEX})")
         missing = [n for n, v in zip(names, resolved) if v is None]
         raise ValueError(f"distributed settings are partial and no cluster was detected; "
                          f"missing: {', '.join(missing)}")
     return LaunchSpec("single", local_device_ids=local_ids)
 
 
-def _timeout(value: float | None, environ: Mapping[str, str], name: str, default: int) -> int:
+def _seconds(value: float | None, environ: Mapping[str, str], name: str, default: float) -> float:
+    """A timeout: the argument, else the variable `name`, else `default`; must be positive."""
     if value is None:
-        value = _int_env(environ, name)
-    value = default if value is None else value
+        text = environ.get(name, "").strip()
+        try:
+            value = float(text) if text else default
+        except ValueError:
+            raise ValueError(f"{name}={text!r} is not a number of seconds") from None
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
-    return int(value)
+    return float(value)
 
 
 _topology: Topology | None = None  # set once by `initialize`
@@ -204,9 +213,9 @@ def initialize(
     num_processes: int | None = None,
     process_id: int | None = None,
     local_device_ids: Sequence[int] | None = None,
-    timeout_s: int | None = None,
-    heartbeat_timeout_s: int | None = None,
-    shutdown_timeout_s: int | None = None,
+    timeout_s: float | None = None,
+    heartbeat_timeout_s: float | None = None,
+    shutdown_timeout_s: float | None = None,
     fail_fast: bool = True,
 ) -> Topology:
     """Joins this process to the others (see the module docstring) and returns the topology.
@@ -226,11 +235,13 @@ def initialize(
     environ = os.environ
     spec = detect_launch(coordinator, num_processes, process_id, local_device_ids, environ=environ)
     if not spec.is_single_process and not jax.distributed.is_initialized():
-        init_s = _timeout(timeout_s, environ, ENV_INIT_TIMEOUT_S, DEFAULT_INIT_TIMEOUT_S)
-        heartbeat_s = _timeout(heartbeat_timeout_s, environ, ENV_HEARTBEAT_TIMEOUT_S,
-                               DEFAULT_HEARTBEAT_TIMEOUT_S)
-        shutdown_s = _timeout(shutdown_timeout_s, environ, ENV_SHUTDOWN_TIMEOUT_S,
-                              DEFAULT_SHUTDOWN_TIMEOUT_S)
+        # jax takes whole seconds.
+        init_s = math.ceil(_seconds(timeout_s, environ, ENV_INIT_TIMEOUT_S,
+                                    DEFAULT_INIT_TIMEOUT_S))
+        heartbeat_s = math.ceil(_seconds(heartbeat_timeout_s, environ, ENV_HEARTBEAT_TIMEOUT_S,
+                                         DEFAULT_HEARTBEAT_TIMEOUT_S))
+        shutdown_s = math.ceil(_seconds(shutdown_timeout_s, environ, ENV_SHUTDOWN_TIMEOUT_S,
+                                        DEFAULT_SHUTDOWN_TIMEOUT_S))
         # Cross-process collectives on CPU need an implementation; gloo is jax 0.10's default,
         # older releases defaulted to none (then a CPU psum across processes fails to compile).
         if jax.config.jax_cpu_collectives_implementation is None:
@@ -288,16 +299,17 @@ def barrier(name: str, timeout_s: float | None = None) -> None:
     """Waits until every process reaches the barrier `name`, for at most `timeout_s` seconds.
 
     Uses the coordination service's `wait_at_barrier(name, timeout_in_ms)`:
-    `multihost_utils.sync_global_devices` has no timeout and runs a device computation. Each name
-    may be used once per job. A no-op on one process. Raises TimeoutError naming the barrier when
+    `multihost_utils.sync_global_devices` has no timeout and runs a device computation. A name
+    may be reused (the service counts passes); every process must pass the same names in the same
+    order. A no-op on one process. Raises TimeoutError naming the barrier when
     a peer does not arrive in time, RuntimeError when the service reports a failed peer.
     """
     client = _client()
     if client is None or jax.process_count() == 1:
         return
-    seconds = _timeout(timeout_s, os.environ, ENV_BARRIER_TIMEOUT_S, DEFAULT_BARRIER_TIMEOUT_S)
+    seconds = _seconds(timeout_s, os.environ, ENV_BARRIER_TIMEOUT_S, DEFAULT_BARRIER_TIMEOUT_S)
     try:
-        client.wait_at_barrier(name, int(seconds * 1000))
+        client.wait_at_barrier(name, max(1, round(seconds * 1000)))
     except jax.errors.JaxRuntimeError as error:
         message = str(error)
         if message.startswith("DEADLINE_EXCEEDED"):

@@ -82,6 +82,11 @@ def test_kubernetes_indexed_job_takes_the_process_id_from_the_completion_index()
                                           "deactivate")
 
 
+def test_completion_index_alone_is_an_ordinary_indexed_job_not_a_distributed_one():
+    assert detect({"JOB_COMPLETION_INDEX": "3", "KUBERNETES_SERVICE_HOST": "10.0.0.1"}) \
+        .is_single_process
+
+
 def test_jobset_offsets_the_completion_index_by_the_job_index():
     env = {"JOB_COMPLETION_INDEX": "1", "SCALING_JAX_JOB_INDEX": "2",
            "SCALING_JAX_PROCESSES_PER_JOB": "4", "SCALING_JAX_NUM_PROCESSES": "12",
@@ -132,7 +137,8 @@ def test_cloud_tpu_is_left_to_jax_tpu_detection():
 
 
 def test_gke_tpu_worker_hostnames_mean_tpu():
-    spec = distributed.detect_launch(environ={"TPU_WORKER_HOSTNAMES": "w0,w1", "TPU_WORKER_ID": "1"})
+    env = {"TPU_WORKER_HOSTNAMES": "w0,w1", "TPU_WORKER_ID": "1"}
+    spec = distributed.detect_launch(environ=env)
     assert spec.source == "tpu"
 
 
@@ -205,6 +211,17 @@ def test_initialize_defaults_to_jax_timeouts_and_lets_jax_read_slurm(clean_env):
         coordinator_address=None, num_processes=None, process_id=None, local_device_ids=None,
         cluster_detection_method="slurm", initialization_timeout=300,
         heartbeat_timeout_seconds=100, shutdown_timeout_seconds=300)]
+
+
+def test_timeout_variable_must_be_a_number(clean_env):
+    clean_env.setattr(distributed, "_topology", None)
+    clean_env.setattr(jax.distributed, "initialize", _forbid_jax_initialize)
+    clean_env.setenv("SCALING_JAX_COORDINATOR", "127.0.0.1:4321")
+    clean_env.setenv("SCALING_JAX_NUM_PROCESSES", "2")
+    clean_env.setenv("SCALING_JAX_PROCESS_ID", "0")
+    clean_env.setenv("SCALING_JAX_HEARTBEAT_TIMEOUT_S", "soon")
+    with pytest.raises(ValueError, match="SCALING_JAX_HEARTBEAT_TIMEOUT_S"):
+        distributed.initialize()
 
 
 def test_non_positive_timeout_is_rejected(clean_env):

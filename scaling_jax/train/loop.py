@@ -49,7 +49,9 @@ def train(cfg: Config) -> dict[str, Any]:
     from scaling_jax import distributed
     from scaling_jax.preemption import PreemptionGuard
 
-    distributed.initialize_from_config(cfg.distributed)
+    d = cfg.distributed
+    distributed.initialize(coordinator=d.coordinator or None, num_processes=d.num_processes or None,
+                           process_id=d.process_id if d.process_id >= 0 else None, timeout_s=d.timeout_s)
     main = jax.process_index() == 0
     run_dir = cfg.run_dir
     if main:
@@ -65,8 +67,10 @@ def train(cfg: Config) -> dict[str, Any]:
               f"{summary['params_trainable']:,} trainable, optimizer state "
               f"{summary['opt_state_bytes'] / 2**20:.1f} MiB, mesh {summary['mesh']}, "
               f"{len(data.train):,} train examples", flush=True)
-        for line in session.trainable.report.get("lines", []):
-            print(f"[scaling_jax]   {line}", flush=True)
+        if session.trainable.report:
+            from scaling_jax.train.freeze import report_lines
+            for line in report_lines(session.trainable.report):
+                print(f"[scaling_jax]   {line}", flush=True)
     ckpt = make_checkpointer(cfg)
     writer = MetricsWriter(run_dir, enabled=main)
     abstract = session.abstract_state

@@ -49,5 +49,6 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, *, lr: float | None = Non
         core = optax.sgd(schedule, momentum=cfg.b1 or None)
     tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), core) if cfg.clip_norm > 0 else core
     if freeze_labels is not None:
-        tx = optax.partition({"train": tx, "frozen": optax.set_to_zero()}, freeze_labels)
+        from scaling_jax.train.freeze import make_optimizer_with_freeze
+        tx = make_optimizer_with_freeze(tx, freeze_labels)
     return tx, schedule
