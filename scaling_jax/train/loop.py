@@ -163,6 +163,7 @@ def train(cfg: Config) -> dict[str, Any]:
     bar.close()
     ckpt.wait()
     result["final_step"] = step
+    result["params_digest"] = params_digest(state.params)
     if data.test is not None:
         best = ckpt.restore_best(abstract) if ckpt.best_k else None
         test_params = best[1].params if best is not None else state.params
@@ -197,3 +198,14 @@ def _early_stopping(cfg: Config, progress: dict, eval_metrics: dict, step: int) 
         if cfg.train.patience and progress["bad_evals"] >= cfg.train.patience:
             progress["stopped_early"] = True
 
+
+
+def params_digest(params: Any) -> str | None:
+    """SHA-256 over every parameter's bytes (path order): bit-identical runs have equal digests."""
+    leaves = jax.tree.leaves(params)
+    if not all(x.is_fully_addressable for x in leaves):
+        return None
+    h = hashlib.sha256()
+    for x in jax.device_get(leaves):
+        h.update(np.ascontiguousarray(x).tobytes())
+    return h.hexdigest()
