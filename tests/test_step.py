@@ -46,8 +46,15 @@ def test_same_losses_and_params_on_1_device_2x2x2_and_data8():
     np.testing.assert_allclose(l222, l1, atol=1e-5, rtol=0)
     np.testing.assert_allclose(l8, l1, atol=1e-5, rtol=0)
     for other in (s222, s8):
-        for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(other.params)):
-            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=0)
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(s1.params), jax.tree.leaves(other.params)):
+            name = jax.tree_util.keystr(path)
+            if "['key']['bias']" in name:
+                # Softmax is invariant to the key bias, so its true gradient is 0 and what autodiff
+                # returns is roundoff, which Adam scales up to steps of about lr: not comparable
+                # across reduction orders. It must stay at roundoff size.
+                assert np.abs(np.asarray(b)).max() < 1e-3, name
+                continue
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=0, err_msg=name)
     assert l1[-1] < l1[0], "the loss should fall over 5 steps"
 
 

@@ -72,7 +72,7 @@ def train_step(state: TrainState, batch: Batch, *, apply_fn: Callable, loss_fn: 
     denom = jnp.maximum(count, 1.0)
     loss = loss_sum / denom
     grads = jax.tree.map(lambda g: g / denom, grads)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -1,0 +1,268 @@
+"""BERT (Devlin et al. 2019) in Flax Linen, laid out like HF's BertModel so checkpoints map 1:1."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import flax.linen as nn
+import jax.numpy as jnp
+
+from scaling_jax.models.attention import (Dropout, Dtype, activation, attend, check_heads, config_from_hf_dict,
+                                          config_to_hf_dict, dense, embed, head_scale, layer_norm,
+                                          padding_mask, positions, tied_logits)
+
+TASKS = ("base", "token_classification", "sequence_classification", "masked_lm")
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """The architecture fields of HF's BertConfig (same names and defaults: bert-base-uncased).
+
+    Frozen and hashable, so it can be a Linen module attribute. Task-level fields (num_labels,
+    id2label) live on `Pretrained`, not here.
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int | None = 0
+    classifier_dropout: float | None = None
+    position_embedding_type: str = "absolute"
+    is_decoder: bool = False
+    add_cross_attention: bool = False
+    tie_word_embeddings: bool = True
+
+    model_type = "bert"
+
+    def __post_init__(self):
+        check_heads(self.hidden_size, self.num_attention_heads, "BertConfig")
+        activation(self.hidden_act)
+        if self.position_embedding_type != "absolute":
+            raise ValueError(f"BertConfig: position_embedding_type {self.position_embedding_type!r} is not "
+                             f"supported (only 'absolute')")
+        if self.is_decoder or self.add_cross_attention:
+            raise ValueError("BertConfig: decoder / cross-attention BERT is not supported")
+
+    @classmethod
+    def from_hf_dict(cls, d: dict) -> "BertConfig":
+        """From a config.json dict; keys that are not architecture fields are ignored."""
+        return config_from_hf_dict(cls, d, cls.model_type)
+
+    def to_hf_dict(self) -> dict:
+        return config_to_hf_dict(self, self.model_type)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+class BertEmbeddings(nn.Module):
+    """word + token type + absolute position embeddings, LayerNorm, dropout (HF BertEmbeddings)."""
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        c, std = self.config, self.config.initializer_range
+        self.word_embeddings = embed(c.vocab_size, c.hidden_size, ("vocab", "embed"), std=std, dtype=self.dtype,
+                                     name="word_embeddings")
+        self.position_embeddings = embed(c.max_position_embeddings, c.hidden_size, (None, "embed"), std=std,
+                                         dtype=self.dtype, name="position_embeddings")
+        self.token_type_embeddings = embed(c.type_vocab_size, c.hidden_size, (None, "embed"), std=std,
+                                           dtype=self.dtype, name="token_type_embeddings")
+        self.LayerNorm = layer_norm(c.layer_norm_eps, dtype=self.dtype, name="LayerNorm")
+        self.dropout = Dropout(c.hidden_dropout_prob)
+
+    def __call__(self, input_ids_BxL, token_type_ids_BxL, train: bool):
+        L = input_ids_BxL.shape[1]
+        if L > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {L} exceeds max_position_embeddings "
+                             f"{self.config.max_position_embeddings}")
+        if token_type_ids_BxL is None:
+            token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
+        x_BxLxD = self.word_embeddings(input_ids_BxL) + self.token_type_embeddings(token_type_ids_BxL)
+        x_BxLxD = x_BxLxD + self.position_embeddings(positions(L))[None]
+        return self.dropout(self.LayerNorm(x_BxLxD), deterministic=not train)
+
+    def attend(self, x_BxLxD):
+        """Float32 logits over the vocabulary with the word embeddings as the output matrix (tied)."""
+        return tied_logits(x_BxLxD, self.word_embeddings.embedding, self.dtype)
+
+
+class BertSelfAttention(nn.Module):
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxD, mask_Bx1x1xL, train: bool):
+        c = self.config
+        proj = lambda name: dense(c.hidden_size, ("embed", "heads"), std=c.initializer_range,  # noqa: E731
+                                  dtype=self.dtype, name=name)(x_BxLxD)
+        q, k, v = proj("query"), proj("key"), proj("value")
+        rate = c.attention_probs_dropout_prob
+        rng = self.make_rng("dropout") if train and rate > 0 else None
+        return attend(q, k, v, mask_Bx1x1xL, num_heads=c.num_attention_heads, scale=head_scale(c.head_dim),
+                      dropout_rate=rate, dropout_rng=rng)
+
+
+class BertResidualOutput(nn.Module):
+    """dense -> dropout -> LayerNorm(x + residual): HF's BertSelfOutput and BertOutput."""
+
+    config: BertConfig
+    in_axis: str
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxF, residual_BxLxD, train: bool):
+        c = self.config
+        h = dense(c.hidden_size, (self.in_axis, "embed"), std=c.initializer_range, dtype=self.dtype,
+                  name="dense")(x_BxLxF)
+        h = Dropout(c.hidden_dropout_prob)(h, deterministic=not train)
+        return layer_norm(c.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(h + residual_BxLxD)
+
+
+class BertAttention(nn.Module):
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxD, mask_Bx1x1xL, train: bool):
+        a = BertSelfAttention(self.config, self.dtype, name="self")(x_BxLxD, mask_Bx1x1xL, train)
+        return BertResidualOutput(self.config, "heads", self.dtype, name="output")(a, x_BxLxD, train)
+
+
+class BertIntermediate(nn.Module):
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        c = self.config
+        h = dense(c.intermediate_size, ("embed", "mlp"), std=c.initializer_range, dtype=self.dtype, name="dense")
+        return activation(c.hidden_act)(h(x_BxLxD))
+
+
+class BertLayer(nn.Module):
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxD, mask_Bx1x1xL, train: bool):
+        a = BertAttention(self.config, self.dtype, name="attention")(x_BxLxD, mask_Bx1x1xL, train)
+        h_BxLxF = BertIntermediate(self.config, self.dtype, name="intermediate")(a)
+        return BertResidualOutput(self.config, "mlp", self.dtype, name="output")(h_BxLxF, a, train)
+
+
+class BertEncoder(nn.Module):
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x_BxLxD, mask_Bx1x1xL, train: bool):
+        # argnum 3 = `train` (Linen counts self as 0): a Python bool, so it must be static.
+        layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if self.remat else BertLayer
+        for i in range(self.config.num_hidden_layers):
+            x_BxLxD = layer_cls(self.config, self.dtype, name=f"layer_{i}")(x_BxLxD, mask_Bx1x1xL, train)
+        return x_BxLxD
+
+
+class BertPooler(nn.Module):
+    """tanh(dense(hidden state of the first token)): HF's BertPooler."""
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        c = self.config
+        h = dense(c.hidden_size, ("embed", None), std=c.initializer_range, dtype=self.dtype, name="dense")
+        return jnp.tanh(h(x_BxLxD[:, 0]))
+
+
+class BertPredictionHeadTransform(nn.Module):
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        c = self.config
+        h = dense(c.hidden_size, ("embed", None), std=c.initializer_range, dtype=self.dtype, name="dense")(x_BxLxD)
+        return layer_norm(c.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(activation(c.hidden_act)(h))
+
+
+class BertLMPredictionHead(nn.Module):
+    """transform, then the decoder tied to the word embeddings plus an output-only bias (HF
+    `cls.predictions.decoder.weight` = `bert.embeddings.word_embeddings.weight`)."""
+
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxD, embeddings: BertEmbeddings):
+        h = BertPredictionHeadTransform(self.config, self.dtype, name="transform")(x_BxLxD)
+        bias_V = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+                            (self.config.vocab_size,), jnp.float32)
+        return embeddings.attend(h) + bias_V
+
+
+class BertOnlyMLMHead(nn.Module):
+    config: BertConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxD, embeddings: BertEmbeddings):
+        return BertLMPredictionHead(self.config, self.dtype, name="predictions")(x_BxLxD, embeddings)
+
+
+class BertModel(nn.Module):
+    """BERT with one task head; returns float32 logits (the last hidden state for task `base`).
+
+    Params follow notes/CONTRACTS.md (`embeddings/...`, `encoder/layer_{i}/...`, `pooler/dense`,
+    `classifier`, `cls/predictions/...`) and are float32; `dtype` is the compute dtype.
+    As in HF, `sequence_classification` and `base` have a pooler, the token and MLM heads do not.
+    """
+
+    config: BertConfig
+    task: str = "base"
+    num_labels: int | None = None
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, *, train: bool = False):
+        c = self.config
+        if self.task not in TASKS:
+            raise ValueError(f"BERT task {self.task!r} is not one of {', '.join(TASKS)}")
+        classify = self.task in ("token_classification", "sequence_classification")
+        if classify and not self.num_labels:
+            raise ValueError(f"BERT task {self.task!r} needs num_labels")
+        embeddings = BertEmbeddings(c, self.dtype, name="embeddings")
+        x_BxLxD = embeddings(input_ids_BxL, token_type_ids_BxL, train)
+        x_BxLxD = BertEncoder(c, self.dtype, self.remat, name="encoder")(x_BxLxD, padding_mask(attention_mask_BxL),
+                                                                         train)
+        if self.task == "base":
+            if self.is_initializing():  # HF's BertModel has a pooler: create it so checkpoints round-trip
+                BertPooler(c, self.dtype, name="pooler")(x_BxLxD)
+            return x_BxLxD.astype(jnp.float32)
+        if self.task == "masked_lm":
+            return BertOnlyMLMHead(c, self.dtype, name="cls")(x_BxLxD, embeddings)
+        rate = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
+        if self.task == "sequence_classification":
+            x = BertPooler(c, self.dtype, name="pooler")(x_BxLxD)  # BxD
+        else:
+            x = x_BxLxD
+        x = Dropout(rate)(x, deterministic=not train)
+        classifier = dense(self.num_labels, ("embed", "classes"), std=c.initializer_range, dtype=self.dtype,
+                           name="classifier")
+        return classifier(x).astype(jnp.float32)
+
+
+__all__ = ["BertConfig", "BertModel", "TASKS"]

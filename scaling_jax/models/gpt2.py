@@ -1,0 +1,192 @@
+"""GPT-2 (Radford et al. 2019) in Flax Linen, laid out like HF's GPT2Model with q/k/v kept apart."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from scaling_jax.models.attention import (Dropout, Dtype, activation, attend, causal_mask, check_heads,
+                                          config_from_hf_dict, config_to_hf_dict, dense, embed, layer_norm,
+                                          positions, tied_logits)
+
+TASKS = ("base", "causal_lm", "sequence_classification")
+
+
+@dataclass(frozen=True)
+class GPT2Config:
+    """The architecture fields of HF's GPT2Config (same names and defaults: gpt2 small).
+
+    Frozen and hashable (JSON lists such as a list `eos_token_id` become tuples).
+    """
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None  # None = 4 * n_embd
+    activation_function: str = "gelu_new"
+    resid_pdrop: float = 0.1
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    reorder_and_upcast_attn: bool = False  # HF: float32 attention logits; ours always are
+    bos_token_id: int | None = 50256
+    eos_token_id: int | tuple[int, ...] | None = 50256
+    pad_token_id: int | None = None
+    add_cross_attention: bool = False
+    tie_word_embeddings: bool = True
+
+    model_type = "gpt2"
+
+    def __post_init__(self):
+        check_heads(self.n_embd, self.n_head, "GPT2Config")
+        activation(self.activation_function)
+        if self.add_cross_attention:
+            raise ValueError("GPT2Config: cross-attention GPT-2 is not supported")
+
+    @classmethod
+    def from_hf_dict(cls, d: dict) -> "GPT2Config":
+        """From a config.json dict; keys that are not architecture fields are ignored."""
+        return config_from_hf_dict(cls, d, cls.model_type)
+
+    def to_hf_dict(self) -> dict:
+        return config_to_hf_dict(self, self.model_type)
+
+    @property
+    def inner_dim(self) -> int:
+        return self.n_inner if self.n_inner is not None else 4 * self.n_embd
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    # HF attribute_map aliases, so code can ask either family the same questions.
+    @property
+    def hidden_size(self) -> int:
+        return self.n_embd
+
+    @property
+    def max_position_embeddings(self) -> int:
+        return self.n_positions
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return self.n_layer
+
+    @property
+    def num_attention_heads(self) -> int:
+        return self.n_head
+
+
+class GPT2Attention(nn.Module):
+    config: GPT2Config
+    layer_idx: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxD, mask_Bx1xLxL, train: bool):
+        c = self.config
+        # HF keeps q/k/v fused in one Conv1D `c_attn`; separate Dense layers give each its own
+        # ("embed", "heads") kernel for tensor parallelism, and hf.py splits/fuses on load/save.
+        proj = lambda name: dense(c.n_embd, ("embed", "heads"), std=c.initializer_range,  # noqa: E731
+                                  dtype=self.dtype, name=name)(x_BxLxD)
+        q, k, v = proj("query"), proj("key"), proj("value")
+        scale = 1.0 / math.sqrt(c.head_dim) if c.scale_attn_weights else 1.0
+        if c.scale_attn_by_inverse_layer_idx:
+            scale /= float(self.layer_idx + 1)
+        rng = self.make_rng("dropout") if train and c.attn_pdrop > 0 else None
+        a = attend(q, k, v, mask_Bx1xLxL, num_heads=c.n_head, scale=scale, dropout_rate=c.attn_pdrop,
+                   dropout_rng=rng)
+        # GPT-2's scaled init of residual projections: std / sqrt(2 * n_layer).
+        out = dense(c.n_embd, ("heads", "embed"), std=c.initializer_range / math.sqrt(2 * c.n_layer),
+                    dtype=self.dtype, name="c_proj")(a)
+        return Dropout(c.resid_pdrop)(out, deterministic=not train)
+
+
+class GPT2MLP(nn.Module):
+    config: GPT2Config
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxD, train: bool):
+        c = self.config
+        h = dense(c.inner_dim, ("embed", "mlp"), std=c.initializer_range, dtype=self.dtype, name="c_fc")(x_BxLxD)
+        h = activation(c.activation_function)(h)
+        h = dense(c.n_embd, ("mlp", "embed"), std=c.initializer_range / math.sqrt(2 * c.n_layer), dtype=self.dtype,
+                  name="c_proj")(h)
+        return Dropout(c.resid_pdrop)(h, deterministic=not train)
+
+
+class GPT2Block(nn.Module):
+    """Pre-LN block: x + attn(ln_1(x)), then + mlp(ln_2(.))."""
+
+    config: GPT2Config
+    layer_idx: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxD, mask_Bx1xLxL, train: bool):
+        c = self.config
+        h = layer_norm(c.layer_norm_epsilon, dtype=self.dtype, name="ln_1")(x_BxLxD)
+        x_BxLxD = x_BxLxD + GPT2Attention(c, self.layer_idx, self.dtype, name="attn")(h, mask_Bx1xLxL, train)
+        h = layer_norm(c.layer_norm_epsilon, dtype=self.dtype, name="ln_2")(x_BxLxD)
+        return x_BxLxD + GPT2MLP(c, self.dtype, name="mlp")(h, train)
+
+
+class GPT2Model(nn.Module):
+    """GPT-2 with one task head; returns float32 logits (the final-LN hidden state for task `base`).
+
+    Params follow notes/CONTRACTS.md (`wte`, `wpe`, `h_{i}/...`, `ln_f`, `score`); the LM head is
+    tied to `wte`. `sequence_classification` reads the last position whose attention_mask is 1
+    (HF reads the last token that is not pad_token_id: the same for right padding with pads).
+    """
+
+    config: GPT2Config
+    task: str = "base"
+    num_labels: int | None = None
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, *, train: bool = False):
+        c = self.config
+        if self.task not in TASKS:
+            raise ValueError(f"GPT-2 task {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.task == "sequence_classification" and not self.num_labels:
+            raise ValueError("GPT-2 task 'sequence_classification' needs num_labels")
+        B, L = input_ids_BxL.shape
+        if L > c.n_positions:
+            raise ValueError(f"sequence length {L} exceeds n_positions {c.n_positions}")
+        wte = embed(c.vocab_size, c.n_embd, ("vocab", "embed"), std=c.initializer_range, dtype=self.dtype, name="wte")
+        wpe = embed(c.n_positions, c.n_embd, (None, "embed"), std=c.initializer_range, dtype=self.dtype, name="wpe")
+        x_BxLxD = wte(input_ids_BxL) + wpe(positions(L))[None]
+        if token_type_ids_BxL is not None:  # as HF: token types are looked up in wte
+            x_BxLxD = x_BxLxD + wte(token_type_ids_BxL)
+        x_BxLxD = Dropout(c.embd_pdrop)(x_BxLxD, deterministic=not train)
+        mask_Bx1xLxL = causal_mask(L, attention_mask_BxL)
+        # argnum 3 = `train` (Linen counts self as 0): a Python bool, so it must be static.
+        block_cls = nn.remat(GPT2Block, static_argnums=(3,)) if self.remat else GPT2Block
+        for i in range(c.n_layer):
+            x_BxLxD = block_cls(c, i, self.dtype, name=f"h_{i}")(x_BxLxD, mask_Bx1xLxL, train)
+        x_BxLxD = layer_norm(c.layer_norm_epsilon, dtype=self.dtype, name="ln_f")(x_BxLxD)
+        if self.task == "base":
+            return x_BxLxD.astype(jnp.float32)
+        if self.task == "causal_lm":
+            return tied_logits(x_BxLxD, wte.embedding, self.dtype)
+        if attention_mask_BxL is None:
+            last_B = jnp.full((B,), L - 1, jnp.int32)
+        else:
+            last_B = jnp.max(jnp.where(jnp.asarray(attention_mask_BxL) != 0, positions(L)[None], 0), axis=-1)
+        x_BxD = jnp.take_along_axis(x_BxLxD, last_B[:, None, None], axis=1)[:, 0]
+        score = dense(self.num_labels, ("embed", "classes"), std=c.initializer_range, dtype=self.dtype, name="score",
+                      use_bias=False)
+        return score(x_BxD).astype(jnp.float32)
+
+
+__all__ = ["GPT2Config", "GPT2Model", "TASKS"]

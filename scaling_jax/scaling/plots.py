@@ -1,0 +1,125 @@
+"""PNG plots of scaling fits: loss vs parameters, IsoFLOP profiles, the compute-optimal frontier."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from scaling_jax.scaling.chinchilla import chinchilla_loss
+from scaling_jax.scaling.isoflop import group_budgets, training_flops
+from scaling_jax.scaling.optimal import chinchilla_optimal, isoflop_optimal
+
+# Figures are built on the Agg canvas directly (no pyplot): no global backend or figure state.
+_CMAP = "viridis"
+
+
+def _figure() -> tuple[Figure, object]:
+    fig = Figure(figsize=(7, 5), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _save(fig: Figure, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _colors(n: int):
+    cmap = colormaps[_CMAP]
+    return [cmap(v) for v in np.linspace(0.0, 0.9, max(n, 1))]
+
+
+def _token_groups(tokens, max_groups: int) -> np.ndarray:
+    """Labels of points with (nearly) the same token count; too many distinct counts are binned
+    into max_groups equal-width bins of log tokens."""
+    labels = group_budgets(tokens)
+    if labels.max() + 1 <= max_groups:
+        return labels
+    log_t = np.log10(tokens)
+    edges = np.linspace(log_t.min(), log_t.max(), max_groups + 1)
+    return np.clip(np.digitize(log_t, edges[1:-1]), 0, max_groups - 1)
+
+
+def plot_loss_vs_params(params, tokens, loss, fit: dict, path, *, max_curves: int = 6) -> Path:
+    """Log-log loss against parameters, points coloured by token budget, with the Chinchilla fit
+    L(N, D) drawn at each budget's (geometric mean) token count."""
+    n, d, y = (np.asarray(v, float) for v in (params, tokens, loss))
+    fig, ax = _figure()
+    labels = _token_groups(d, max_curves)
+    groups = np.unique(labels)
+    n_line = np.logspace(np.log10(n.min()) - 0.3, np.log10(n.max()) + 0.3, 200)
+    for color, label in zip(_colors(groups.size), groups):
+        members = labels == label
+        d_mid = float(np.exp(np.mean(np.log(d[members]))))
+        ax.scatter(n[members], y[members], color=color, s=18, zorder=3)
+        ax.plot(n_line, chinchilla_loss(n_line, d_mid, fit), color=color, lw=1.5,
+                label=f"D ≈ {d_mid:.2g} tokens")
+    ax.axhline(fit["E"], color="0.5", ls=":", lw=1, label=f"E = {fit['E']:.3g}")
+    ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="loss",
+           title=f"Chinchilla fit: E={fit['E']:.3g}, A={fit['A']:.3g}, B={fit['B']:.3g}, "
+                 f"α={fit['alpha']:.3f}, β={fit['beta']:.3f}")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_isoflop(params, tokens, loss, fit: dict, path) -> Path:
+    """Loss against parameters per compute budget, each with its parabola in ln N and vertex."""
+    n, d, y = (np.asarray(v, float) for v in (params, tokens, loss))
+    fig, ax = _figure()
+    budgets = fit["budgets"]
+    log_c = np.log(training_flops(n, d))
+    nearest = np.argmin(np.abs(log_c[:, None] - np.log([b["C"] for b in budgets])[None, :]), 1)
+    for i, (color, budget) in enumerate(zip(_colors(len(budgets)), budgets)):
+        members = nearest == i
+        ax.scatter(n[members], y[members], color=color, s=18, zorder=3)
+        x_opt = np.log(budget["N_opt"])
+        x = np.linspace(np.log(n[members]).min() - 0.2, np.log(n[members]).max() + 0.2, 100)
+        ax.plot(np.exp(x), budget["loss_opt"] + budget["curvature"] * (x - x_opt) ** 2,
+                color=color, lw=1.5, label=f"C = {budget['C']:.2g} FLOPs")
+        ax.scatter([budget["N_opt"]], [budget["loss_opt"]], color=color, marker="*", s=160,
+                   edgecolor="black", zorder=4)
+    ax.set(xscale="log", xlabel="parameters N", ylabel="loss",
+           title=f"IsoFLOP profiles (★ minima): N_opt ∝ C^{fit['a']:.3f}, "
+                 f"D_opt ∝ C^{fit['b']:.3f}")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_frontier(fit: dict | None, path, *, compute_range, samples: dict | None = None,
+                  isoflop_fit: dict | None = None, data_compute=None, level: float = 0.95,
+                  extrapolate_decades: float = 3.0) -> Path:
+    """N_opt(C) from the Chinchilla fit, with the bootstrap band (`samples`) at `level`, out to
+    extrapolate_decades beyond the data; IsoFLOP vertices and their power law if given."""
+    lo, hi = (float(c) for c in compute_range)
+    c = np.logspace(np.log10(lo), np.log10(hi) + extrapolate_decades, 200)
+    fig, ax = _figure()
+    if fit is not None:
+        ax.plot(c, chinchilla_optimal(fit, c)["N_opt"], color="C0", lw=2,
+                label="Chinchilla fit (approach 3)")
+        if samples is not None:
+            per_refit = chinchilla_optimal({k: np.asarray(samples[k])[:, None]
+                                            for k in ("E", "A", "B", "alpha", "beta")}, c)
+            band = np.nanquantile(per_refit["N_opt"], [(1 - level) / 2, (1 + level) / 2], axis=0)
+            ax.fill_between(c, band[0], band[1], color="C0", alpha=0.25,
+                            label=f"{level:.0%} bootstrap band")
+    if isoflop_fit is not None:
+        ax.plot(c, isoflop_optimal(isoflop_fit, c)["N_opt"], color="C1", ls="--", lw=1.5,
+                label=f"IsoFLOP fit, N_opt ∝ C^{isoflop_fit['a']:.3f}")
+        ax.scatter([b["C"] for b in isoflop_fit["budgets"]],
+                   [b["N_opt"] for b in isoflop_fit["budgets"]], color="C1", marker="*", s=120,
+                   zorder=4, label="IsoFLOP minima")
+    if data_compute is not None:
+        ax.axvspan(np.min(data_compute), np.max(data_compute), color="0.85", zorder=0,
+                   label="compute range of the data")
+    ax.set(xscale="log", yscale="log", xlabel="training compute C = 6ND (FLOPs)",
+           ylabel="compute-optimal parameters N_opt", title="Compute-optimal frontier")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)
