@@ -51,6 +51,18 @@ def tokenizer_dir(cfg: Config) -> Path:
     return model_dir
 
 
+def load_tokenizer(path: Path):
+    """A local tokenizer directory: HF's own files via AutoTokenizer, or bare GPT-2 BPE files
+    (vocab.json + merges.txt, as in ../shared/data/gpt2-tokenizer) via GPT2TokenizerFast."""
+    path = Path(path)
+    if not (path / "tokenizer_config.json").is_file() and not (path / "tokenizer.json").is_file() \
+            and (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+        from transformers import GPT2TokenizerFast
+        return GPT2TokenizerFast.from_pretrained(str(path), local_files_only=True)
+    from scaling_jax.models import load_tokenizer as load_hf_tokenizer
+    return load_hf_tokenizer(path)
+
+
 def load_data(cfg: Config, tokenizer) -> Data:
     root = data_root(cfg)
     if not cfg.data.train:

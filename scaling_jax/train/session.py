@@ -62,8 +62,7 @@ def open_session(cfg: Config, *, with_data: bool = True) -> Session:
     check_batch(cfg.data.batch_size // cfg.train.grad_accum, mesh, rules, "data.batch_size / train.grad_accum")
     check_batch(cfg.data.eval_batch_size, mesh, rules, "data.eval_batch_size")
     bsh = batch_sharding(mesh, rules)
-    from scaling_jax.models import load_tokenizer
-    tokenizer = load_tokenizer(build.tokenizer_dir(cfg))
+    tokenizer = build.load_tokenizer(build.tokenizer_dir(cfg))
     data = build.load_data(cfg, tokenizer) if with_data else None
     labels_file = cfg.run_dir / "labels.json"
     if data is not None:
