@@ -384,9 +384,10 @@ def _import_params(family: Family, module: nn.Module, weights: _Weights, seed: i
         key = weights.find(tied, family.prefix)
         if key is not None:
             used.add(key)
-    if missing:
-        fresh = _flat(_init_params(module, seed))
-        flat.update({p: fresh[p] for p in missing})
+    if missing:  # jit only the missing leaves: XLA drops the rest of init (and the dummy forward)
+        init_missing = lambda rng: {p: x for p, x in  # noqa: E731
+                                    _flat(nn.meta.unbox(_init_fn(module)(rng))["params"]).items() if p in missing}
+        flat.update(jax.jit(init_missing)(jax.random.PRNGKey(seed)))
     unused = sorted(k for k in weights.files if k not in used and not re.fullmatch(family.ignored, k))
     return _unflat(flat), sorted(missing), unused
 

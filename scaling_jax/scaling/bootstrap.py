@@ -5,7 +5,7 @@ from typing import Callable
 
 import numpy as np
 
-from scaling_jax.scaling.laws import Law
+from scaling_jax.scaling.laws import Law, pad_points
 from scaling_jax.scaling.lbfgs import minimize_many
 
 
@@ -58,7 +58,8 @@ def bootstrap_law(law: Law, logx_KxN, logy_N, theta_P, *, n_boot: int = 200, see
     idx_BxN = resample_indices(n_points, n_boot, seed)
     weight_BxN = np.stack([np.bincount(row, minlength=n_points) for row in idx_BxN]).astype(float)
     start_BxP = np.tile(np.asarray(theta_P, float), (n_boot, 1))
-    result = minimize_many(law.objective, start_BxP, (logx_KxN, logy_N), (weight_BxN,))
+    logx_pad, logy_pad, weight_BxN = pad_points(logx_KxN, logy_N, weight_BxN)
+    result = minimize_many(law.objective, start_BxP, (logx_pad, logy_pad), (weight_BxN,))
     rows = [law.to_params(theta) if np.isfinite(value) else None
             for theta, value in zip(result.x_SxP, result.value_S)]
     names = law.param_names

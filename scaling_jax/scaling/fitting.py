@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from scaling_jax.scaling.bootstrap import bootstrap_law
-from scaling_jax.scaling.laws import Law
+from scaling_jax.scaling.laws import Law, pad_points
 from scaling_jax.scaling.lbfgs import minimize_many
 from scaling_jax.scaling.validate import check_points
 
@@ -39,12 +39,17 @@ def fit_law(law: Law, xs, loss, *, grid=None, n_boot: int = 0, seed: int = 0,
     if grid_SxP.shape[1] != law.n_params:
         raise ValueError(f"grid rows must have {law.n_params} values "
                          f"({', '.join(law.theta_names)}), got {grid_SxP.shape[1]}")
-    shared = (logx_KxN, logy_N, np.ones_like(logy_N))
-    first = minimize_many(law.objective, grid_SxP, shared)
+    logx_pad, logy_pad, weight_1xN = pad_points(logx_KxN, logy_N, np.ones((1, logy_N.size)))
+
+    def run(starts_SxP, **tolerances):
+        weight_SxN = np.repeat(weight_1xN, starts_SxP.shape[0], axis=0)
+        return minimize_many(law.objective, starts_SxP, (logx_pad, logy_pad), (weight_SxN,),
+                             **tolerances)
+
+    first = run(grid_SxP)
     order = np.argsort(first.value_S)[:N_POLISH]
     # Monotone descent from each start's end point: the polished values are never worse.
-    polished = minimize_many(law.objective, first.x_SxP[order], shared, stall_tol=0.0,
-                             ftol=0.0, gtol=0.0, max_iter=POLISH_ITERS)
+    polished = run(first.x_SxP[order], stall_tol=0.0, ftol=0.0, gtol=0.0, max_iter=POLISH_ITERS)
     best = int(np.argmin(polished.value_S))
     value = float(polished.value_S[best])
     if not np.isfinite(value):

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scaling_jax.scaling.lbfgs import padded_size
+
 # Hoffmann et al. (2022), approach 3: Huber loss with delta = 1e-3 on log-loss residuals. With
 # residuals of a few percent this is close to least absolute deviations, hence robust to outliers.
 HUBER_DELTA = 1e-3
@@ -20,8 +22,8 @@ class Law:
     """A law L(x_1..x_K) fitted in log space over unconstrained coordinates theta.
 
     log_predict(theta_P, logx_KxN) -> log L_N (JAX). to_params(theta_P) -> the law's public
-    parameters (plain floats). predict(params, *x) -> L (numpy). eq=False: a Law hashes by
-    identity, so its `objective` is a stable static argument to jit (one compile per law).
+    parameters (plain floats). predict(params, *x) -> L (numpy). `objective` is the same function
+    object for every law with this log_predict: a stable static argument to jit.
     """
     name: str
     inputs: tuple[str, ...]  # what x_1..x_K are, e.g. ("params", "tokens")
@@ -34,16 +36,32 @@ class Law:
     objective: Callable = dataclasses.field(init=False)
 
     def __post_init__(self):
-        log_predict = self.log_predict
-
-        def objective(theta_P, logx_KxN, logy_N, weight_N):
-            return jnp.sum(weight_N * huber(log_predict(theta_P, logx_KxN) - logy_N))
-
-        object.__setattr__(self, "objective", objective)
+        object.__setattr__(self, "objective", _huber_objective(self.log_predict))
 
     @property
     def n_params(self) -> int:
         return len(self.theta_names)
+
+
+@functools.cache
+def _huber_objective(log_predict: Callable) -> Callable:
+    """sum_n w_n Huber(log_predict(theta, log x)_n - log y_n): one function object per
+    log_predict, so laws sharing a form (power law in N and in D) share compiled programs."""
+
+    def objective(theta_P, logx_KxN, logy_N, weight_N):
+        return jnp.sum(weight_N * huber(log_predict(theta_P, logx_KxN) - logy_N))
+
+    return objective
+
+
+def pad_points(logx_KxN, logy_N, weight_BxN) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pads the points axis to padded_size(N) with zero-weight dummies (log x = log y = 0), so
+    fits to different numbers of points reuse one compiled program."""
+    n = np.shape(logy_N)[0]
+    extra = padded_size(n) - n
+    return (np.pad(np.asarray(logx_KxN, float), ((0, 0), (0, extra))),
+            np.pad(np.asarray(logy_N, float), (0, extra)),
+            np.pad(np.asarray(weight_BxN, float), ((0, 0), (0, extra))))
 
 
 def product_grid(**values) -> np.ndarray:

@@ -16,14 +16,16 @@ ARMIJO_C1 = 1e-4
 
 
 class _State(NamedTuple):
-    x: jax.Array  # P
-    f: jax.Array  # scalar objective
-    g: jax.Array  # P gradient
+    x: jax.Array  # P, the current point
+    f: jax.Array  # objective at x (inf before the first evaluation)
+    x_prev: jax.Array  # P, the point before the last step, and the gradient there:
+    g_prev: jax.Array  # P   the next iteration turns them into a curvature pair
+    has_prev: jax.Array
     s_MxP: jax.Array  # past steps, a ring buffer
     y_MxP: jax.Array  # past gradient changes
     rho_M: jax.Array  # 1 / (s . y)
     k: jax.Array  # pairs stored so far (ring position = k % MEMORY)
-    n_iter: jax.Array
+    n_iter: jax.Array  # gradient evaluations
     done: jax.Array
     converged: jax.Array  # stopped by a tolerance (not by a failed line search or max_iter)
 
@@ -35,72 +37,79 @@ class MinimizeResult(NamedTuple):
     converged_S: np.ndarray
 
 
-def _init_one(objective, x, shared, own):
-    f, g = jax.value_and_grad(objective)(x, *shared, *own)
-    p = x.shape[0]
-    zeros_MxP = jnp.zeros((MEMORY, p), x.dtype)
-    return _State(x, f, g, zeros_MxP, zeros_MxP, jnp.zeros(MEMORY, x.dtype), jnp.int32(0),
-                  jnp.int32(0), ~jnp.all(jnp.isfinite(g)) | ~jnp.isfinite(f), jnp.bool_(False))
+def _initial_state(x0_SxP: np.ndarray) -> _State:
+    """Built on the host: each iteration starts by evaluating the gradient at x, so no separate
+    (separately compiled) initialisation is needed."""
+    s, p = x0_SxP.shape
+    zeros_SxMxP = np.zeros((s, MEMORY, p))
+    false_S = np.zeros(s, bool)
+    return _State(x0_SxP.copy(), np.full(s, np.inf), x0_SxP.copy(), np.zeros((s, p)), false_S,
+                  zeros_SxMxP, zeros_SxMxP.copy(), np.zeros((s, MEMORY)), np.zeros(s, np.int32),
+                  np.zeros(s, np.int32), false_S.copy(), false_S.copy())
 
 
-def _direction(st: _State) -> jax.Array:
-    """Two-loop recursion (Nocedal & Wright, Algorithm 7.4) over the ring buffer."""
-    m = jnp.minimum(st.k, MEMORY)
+def _direction(g, s_MxP, y_MxP, rho_M, k) -> jax.Array:
+    """-H g by the two-loop recursion (Nocedal & Wright, Algorithm 7.4) over the ring buffer."""
+    m = jnp.minimum(k, MEMORY)
 
     def newest_first(i, carry):
         q, alpha_M = carry
-        j = (st.k - 1 - i) % MEMORY
-        a = jnp.where(i < m, st.rho_M[j] * (st.s_MxP[j] @ q), 0.0)
-        return q - a * st.y_MxP[j], alpha_M.at[j].set(a)
+        j = (k - 1 - i) % MEMORY
+        a = jnp.where(i < m, rho_M[j] * (s_MxP[j] @ q), 0.0)
+        return q - a * y_MxP[j], alpha_M.at[j].set(a)
 
-    q, alpha_M = jax.lax.fori_loop(0, MEMORY, newest_first, (st.g, jnp.zeros_like(st.rho_M)))
-    last = (st.k - 1) % MEMORY
-    sy, yy = st.s_MxP[last] @ st.y_MxP[last], st.y_MxP[last] @ st.y_MxP[last]
+    q, alpha_M = jax.lax.fori_loop(0, MEMORY, newest_first, (g, jnp.zeros_like(rho_M)))
+    last = (k - 1) % MEMORY
+    sy, yy = s_MxP[last] @ y_MxP[last], y_MxP[last] @ y_MxP[last]
     # H0 = (s.y / y.y) I; before any pair, a unit-length steepest-descent step.
-    gamma = jnp.where(st.k > 0, sy / yy, 1.0 / jnp.maximum(jnp.linalg.norm(st.g), 1e-300))
+    gamma = jnp.where(k > 0, sy / yy, 1.0 / jnp.maximum(jnp.linalg.norm(g), 1e-300))
     r = gamma * q
 
     def oldest_first(i, r):
-        j = (st.k - m + i) % MEMORY
-        b = st.rho_M[j] * (st.y_MxP[j] @ r)
-        return jnp.where(i < m, r + st.s_MxP[j] * (alpha_M[j] - b), r)
+        j = (k - m + i) % MEMORY
+        b = rho_M[j] * (y_MxP[j] @ r)
+        return jnp.where(i < m, r + s_MxP[j] * (alpha_M[j] - b), r)
 
     return -jax.lax.fori_loop(0, MEMORY, oldest_first, r)
 
 
 def _step_one(objective, st: _State, shared, own, ftol, gtol) -> _State:
-    d = _direction(st)
-    slope = st.g @ d
+    f, g = jax.value_and_grad(objective)(st.x, *shared, *own)
+    # The curvature pair of the previous step; kept only if s.y > 0 (H stays positive definite).
+    s, y = st.x - st.x_prev, g - st.g_prev
+    sy = s @ y
+    store = st.has_prev & (sy > 1e-10 * jnp.linalg.norm(s) * jnp.linalg.norm(y))
+    slot = st.k % MEMORY
+    s_MxP = jnp.where(store, st.s_MxP.at[slot].set(s), st.s_MxP)
+    y_MxP = jnp.where(store, st.y_MxP.at[slot].set(y), st.y_MxP)
+    rho_M = jnp.where(store, st.rho_M.at[slot].set(1.0 / jnp.where(store, sy, 1.0)), st.rho_M)
+    k = st.k + store.astype(jnp.int32)
+
+    d = _direction(g, s_MxP, y_MxP, rho_M, k)
+    slope = g @ d
     ladder = jnp.asarray(STEP_LADDER, st.x.dtype)
     f_L = jax.vmap(lambda t: objective(st.x + t * d, *shared, *own))(ladder)
-    ok_L = jnp.isfinite(f_L) & (f_L <= st.f + ARMIJO_C1 * ladder * slope) & (slope < 0)
+    ok_L = jnp.isfinite(f_L) & (f_L <= f + ARMIJO_C1 * ladder * slope) & (slope < 0)
     found = jnp.any(ok_L)
-    t = ladder[jnp.argmin(jnp.where(ok_L, f_L, jnp.inf))]
-    x_new = st.x + t * d
-    f_new, g_new = jax.value_and_grad(objective)(x_new, *shared, *own)
-    s, y = x_new - st.x, g_new - st.g
-    sy = s @ y
-    store = found & (sy > 1e-10 * jnp.linalg.norm(s) * jnp.linalg.norm(y))  # keep H positive definite
-    slot = st.k % MEMORY
-    moved = _State(
-        x=x_new, f=f_new, g=g_new,
-        s_MxP=jnp.where(store, st.s_MxP.at[slot].set(s), st.s_MxP),
-        y_MxP=jnp.where(store, st.y_MxP.at[slot].set(y), st.y_MxP),
-        rho_M=jnp.where(store, st.rho_M.at[slot].set(1.0 / sy), st.rho_M),
-        k=st.k + store.astype(jnp.int32), n_iter=st.n_iter + 1, done=st.done, converged=st.converged)
+    best = jnp.argmin(jnp.where(ok_L, f_L, jnp.inf))
+    f_new = jnp.where(found, f_L[best], f)
+
+    broken = ~jnp.isfinite(f) | ~jnp.all(jnp.isfinite(g))
+    small_grad = jnp.max(jnp.abs(g)) <= gtol
+    small_change = found & (f - f_new <= ftol * jnp.abs(f))  # scipy's factr test, relative
     # A failed line search drops the curvature memory and retries along -g; failing on -g as well
     # means no representable step lowers the objective: stop there.
-    reset = st._replace(k=jnp.int32(0), n_iter=st.n_iter + 1, done=st.k == 0)
-    new = jax.tree.map(lambda a, b: jnp.where(found, a, b), moved, reset)
-    small_change = found & (st.f - f_new <= ftol * jnp.abs(st.f))  # scipy's factr test, relative
-    small_grad = jnp.max(jnp.abs(new.g)) <= gtol
-    hit = small_change | small_grad
-    return new._replace(done=new.done | hit, converged=new.converged | hit)
-
-
-@functools.partial(jax.jit, static_argnames=("objective",))
-def _init_many(objective, x_SxP, shared, own):
-    return jax.vmap(_init_one, in_axes=(None, 0, None, 0))(objective, x_SxP, shared, own)
+    stuck = ~found & (k == 0)
+    move = found & ~small_grad & ~broken
+    return _State(
+        x=jnp.where(move, st.x + ladder[best] * d, st.x),
+        f=jnp.where(move, f_new, f),
+        x_prev=jnp.where(move, st.x, st.x_prev), g_prev=jnp.where(move, g, st.g_prev),
+        has_prev=move,
+        s_MxP=s_MxP, y_MxP=y_MxP, rho_M=rho_M, k=jnp.where(found, k, 0),
+        n_iter=st.n_iter + 1,
+        done=st.done | broken | small_grad | small_change | stuck,
+        converged=st.converged | small_grad | small_change)
 
 
 @functools.partial(jax.jit, static_argnames=("objective", "n_steps"))
@@ -118,14 +127,21 @@ def _run_many(objective, st: _State, shared, own, n_steps, max_iter, ftol, gtol)
 SHRINK_SIZES = (1024, 128, 16)  # fixed, so calls with different numbers of starts share compiles
 
 
-def _bucket(n_active: int, n_starts: int) -> int:
-    """The array size a chunk runs at: n_starts, or the smallest of SHRINK_SIZES >= n_active.
+def padded_size(n: int) -> int:
+    """A size >= n from a short fixed list (powers of 2 up to 1024, then multiples of 1024), so
+    arrays of nearby sizes share one compiled program (each costs about 2 s to compile on CPU)."""
+    if n > 1024:
+        return -(-n // 1024) * 1024
+    return max(16, 1 << (n - 1).bit_length())
 
-    Each size compiles once (about a second or two on CPU), so the sizes are few; running at a
-    smaller size as starts finish makes the cost follow the starts still running.
-    """
-    fitting = [s for s in SHRINK_SIZES if n_active <= s < n_starts]
-    return min(fitting) if fitting else n_starts
+
+def _bucket(n_active: int, n_starts: int) -> int:
+    """The number of rows a chunk runs at: padded_size(n_starts), or once enough starts have
+    finished the smallest of SHRINK_SIZES that holds the rest (the cost follows the starts still
+    running, and the sizes stay few)."""
+    top = padded_size(n_starts)
+    fitting = [s for s in SHRINK_SIZES if n_active <= s < top]
+    return min(fitting) if fitting else top
 
 
 def minimize_many(objective: Callable, x0_SxP, shared: tuple = (), own: tuple = (), *,
@@ -141,15 +157,15 @@ def minimize_many(objective: Callable, x0_SxP, shared: tuple = (), own: tuple = 
     thousands of iterations otherwise. The loop runs one chunk per compiled call and carries only
     unfinished starts into the next call, so the cost follows the work left, not the slowest start.
     """
+    x0_SxP = np.asarray(x0_SxP, np.float64)
+    if x0_SxP.ndim != 2 or x0_SxP.shape[0] == 0:
+        raise ValueError(f"x0_SxP must be a non-empty 2-D array, got shape {x0_SxP.shape}")
+    n_starts = x0_SxP.shape[0]
+    own_np = tuple(np.asarray(a, np.float64) for a in own)
+    state = _initial_state(x0_SxP)
+    active = np.arange(n_starts)
     with jax.enable_x64(True):
-        x0_SxP = np.asarray(x0_SxP, np.float64)
-        n_starts = x0_SxP.shape[0]
         shared = tuple(jnp.asarray(a, jnp.float64) for a in shared)
-        own_np = tuple(np.asarray(a, np.float64) for a in own)
-        state = jax.device_get(_init_many(objective, jnp.asarray(x0_SxP), shared,
-                                          tuple(jnp.asarray(a) for a in own_np)))
-        state = _State(*(np.array(a) for a in state))
-        active = np.flatnonzero(~state.done)
         while active.size:
             size = _bucket(active.size, n_starts)
             idx = np.concatenate([active, np.full(size - active.size, active[0])])
@@ -157,7 +173,8 @@ def minimize_many(objective: Callable, x0_SxP, shared: tuple = (), own: tuple = 
             sub_own = tuple(jnp.asarray(a[idx]) for a in own_np)
             out = _run_many(objective, sub, shared, sub_own, chunk, max_iter, ftol, gtol)
             out = _State(*(np.asarray(a)[: active.size] for a in jax.device_get(out)))
-            stalled = out.f >= state.f[active] - stall_tol * np.abs(state.f[active])
+            with np.errstate(invalid="ignore"):  # inf - inf before the first evaluation
+                stalled = out.f >= state.f[active] - stall_tol * np.abs(state.f[active])
             for field, a in zip(state, out):
                 field[active] = a
             state.done[active] |= stalled
