@@ -55,7 +55,7 @@ class DataConfig:
     seq_len: int = 128
     batch_size: int = 16  # global batch, in sequences
     eval_batch_size: int = 32
-    max_eval_batches: int = 0  # 0 = the whole split
+    max_eval_batches: int = 0  # 0 = the whole split (NER always reads the whole split)
     text_field: str = "text"
     label_field: str = "label"
 

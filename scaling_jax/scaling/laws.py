@@ -10,8 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scaling_jax.scaling.lbfgs import padded_size
-
 # Hoffmann et al. (2022), approach 3: Huber loss with delta = 1e-3 on log-loss residuals. With
 # residuals of a few percent this is close to least absolute deviations, hence robust to outliers.
 HUBER_DELTA = 1e-3
@@ -55,10 +53,11 @@ def _huber_objective(log_predict: Callable) -> Callable:
 
 
 def pad_points(logx_KxN, logy_N, weight_BxN) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pads the points axis to padded_size(N) with zero-weight dummies (log x = log y = 0), so
-    fits to different numbers of points reuse one compiled program."""
+    """Pads the points axis with zero-weight dummies (log x = log y = 0) to a power of 2 (at least
+    16) up to 256, then a multiple of 256, so fits to nearby numbers of points (a law in N and in
+    D, say) reuse one compiled program."""
     n = np.shape(logy_N)[0]
-    extra = padded_size(n) - n
+    extra = (max(16, 1 << (n - 1).bit_length()) if n <= 256 else -(-n // 256) * 256) - n
     return (np.pad(np.asarray(logx_KxN, float), ((0, 0), (0, extra))),
             np.pad(np.asarray(logy_N, float), (0, extra)),
             np.pad(np.asarray(weight_BxN, float), ((0, 0), (0, extra))))

@@ -124,24 +124,21 @@ def _run_many(objective, st: _State, shared, own, n_steps, max_iter, ftol, gtol)
     return jax.vmap(one)(st, own)
 
 
-SHRINK_SIZES = (1024, 128, 16)  # fixed, so calls with different numbers of starts share compiles
+SIZES = (16, 128, 1024)  # rows a chunk runs at (then multiples of 1024): few programs to compile
 
 
 def padded_size(n: int) -> int:
-    """A size >= n from a short fixed list (powers of 2 up to 1024, then multiples of 1024), so
-    arrays of nearby sizes share one compiled program (each costs about 2 s to compile on CPU)."""
-    if n > 1024:
-        return -(-n // 1024) * 1024
-    return max(16, 1 << (n - 1).bit_length())
+    """The smallest of SIZES, or multiple of 1024, that holds n rows. Each size compiles once per
+    objective (about 2 s on CPU, far more than a chunk's work at these sizes), so calls with
+    different numbers of starts (grid, polish, bootstrap) share programs."""
+    fitting = [s for s in SIZES if n <= s]
+    return fitting[0] if fitting else -(-n // 1024) * 1024
 
 
 def _bucket(n_active: int, n_starts: int) -> int:
-    """The number of rows a chunk runs at: padded_size(n_starts), or once enough starts have
-    finished the smallest of SHRINK_SIZES that holds the rest (the cost follows the starts still
-    running, and the sizes stay few)."""
-    top = padded_size(n_starts)
-    fitting = [s for s in SHRINK_SIZES if n_active <= s < top]
-    return min(fitting) if fitting else top
+    """The rows the next chunk runs at: the starts still running, padded (the cost follows the
+    unfinished starts), never more than the first chunk's size."""
+    return min(padded_size(n_active), padded_size(n_starts))
 
 
 def minimize_many(objective: Callable, x0_SxP, shared: tuple = (), own: tuple = (), *,

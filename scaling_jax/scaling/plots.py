@@ -7,6 +7,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from scaling_jax.scaling.chinchilla import chinchilla_loss
 from scaling_jax.scaling.isoflop import group_budgets, training_flops
@@ -63,6 +64,9 @@ def plot_loss_vs_params(params, tokens, loss, fit: dict, path, *, max_curves: in
     ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="loss",
            title=f"Chinchilla fit: E={fit['E']:.3g}, A={fit['A']:.3g}, B={fit['B']:.3g}, "
                  f"α={fit['alpha']:.3f}, β={fit['beta']:.3f}")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 3, not 3x10^0, on a narrow log axis
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     return _save(fig, path)
@@ -116,7 +120,7 @@ def plot_frontier(fit: dict | None, path, *, compute_range, samples: dict | None
                    [b["N_opt"] for b in isoflop_fit["budgets"]], color="C1", marker="*", s=120,
                    zorder=4, label="IsoFLOP minima")
     if data_compute is not None:
-        ax.axvspan(np.min(data_compute), np.max(data_compute), color="0.85", zorder=0,
+        ax.axvspan(np.min(data_compute), np.max(data_compute), color="0.92", zorder=0,
                    label="compute range of the data")
     ax.set(xscale="log", yscale="log", xlabel="training compute C = 6ND (FLOPs)",
            ylabel="compute-optimal parameters N_opt", title="Compute-optimal frontier")

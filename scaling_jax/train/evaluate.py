@@ -29,8 +29,9 @@ def predict_split(eval_step: Callable, params: Any, ds: ArrayDataset, batch_size
 
 
 def evaluate(eval_step: Callable, params: Any, ds: ArrayDataset, cfg: Config, data, sharding) -> dict:
-    sums, preds = predict_split(eval_step, params, ds, cfg.data.eval_batch_size, sharding,
-                                cfg.data.max_eval_batches)
+    # Entity scores need every window of every sentence, so NER always reads the whole split.
+    max_batches = 0 if cfg.model.task == "token_classification" else cfg.data.max_eval_batches
+    sums, preds = predict_split(eval_step, params, ds, cfg.data.eval_batch_size, sharding, max_batches)
     count = max(sums["count"], 1.0)
     loss = sums["loss_sum"] / count
     out: dict[str, Any] = {"loss": loss}
