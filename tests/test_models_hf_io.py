@@ -139,7 +139,8 @@ def test_bare_base_checkpoint_gets_a_new_head_and_reports_leftovers(tmp_path):
     assert ours.num_labels == 4 and ours.id2label == {i: f"LABEL_{i}" for i in range(4)}
     np.testing.assert_array_equal(ours.params["embeddings"]["word_embeddings"]["embedding"],
                                   tensors(src)["embeddings.word_embeddings.weight"])
-    assert float(jnp.abs(ours.params["classifier"]["kernel"]).max()) > 0 and ours.params["classifier"]["kernel"].shape == (16, 4)
+    head = ours.params["classifier"]["kernel"]
+    assert head.shape == (16, 4) and float(jnp.abs(head).max()) > 0
     out = save_pretrained(ours, ours.params, tmp_path / "out")  # and transformers takes the new head as is
     model, info = transformers.BertForTokenClassification.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
@@ -223,8 +224,9 @@ def test_shape_mismatch_and_missing_keys_name_the_key(tmp_path):
     src = save_hf("BertForTokenClassification", tmp_path / "src")
     cfg = json.loads((src / "config.json").read_text())
     (src / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 24}))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: key 'bert\.encoder\.layer\.0\.intermediate\.dense\.bias' "
-                                              r"has shape \(20,\), but config\.json's model expects \(24,\)"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: key 'bert\.encoder\.layer\.0\.intermediate\."
+                                              r"dense\.bias' has shape \(20,\), but config\.json's model expects "
+                                              r"\(24,\)"):
         load_pretrained(src, task="token_classification")
     (src / "config.json").write_text(json.dumps(cfg))
     t = tensors(src)

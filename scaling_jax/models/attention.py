@@ -1,9 +1,9 @@
-"""Pieces both networks share: multi-head attention, masks, HF activations, logically named layers."""
+"""Pieces both networks share: attention, masks, dropout, HF activations, logically named layers, config dicts."""
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -166,6 +166,6 @@ def check_heads(hidden: int, heads: int, what: str) -> None:
         raise ValueError(f"{what}: hidden size {hidden} is not divisible by {heads} attention heads")
 
 
-__all__: Sequence[str] = ("ACTIVATIONS", "activation", "dense", "layer_norm", "embed", "tied_logits", "Dropout", "dropout_mask",
-                          "padding_mask", "causal_mask", "attend", "head_scale", "positions",
-                          "config_from_hf_dict", "config_to_hf_dict")
+__all__ = ["ACTIVATIONS", "activation", "dense", "layer_norm", "embed", "tied_logits", "Dropout", "dropout_mask",
+           "padding_mask", "causal_mask", "attend", "head_scale", "positions", "config_from_hf_dict",
+           "config_to_hf_dict"]

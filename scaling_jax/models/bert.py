@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import flax.linen as nn
 import jax.numpy as jnp
 

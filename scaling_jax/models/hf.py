@@ -246,6 +246,17 @@ class _Weights:
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"{path}: cannot read tensor {key!r} ({type(e).__name__}: {e})") from e
 
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.__exit__(None, None, None)
+        self._handles, self._torch = {}, None
+
+    def __enter__(self) -> "_Weights":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def file_of(self, key: str | None = None) -> Path:
         if key is not None and key in self.files:
             return self.files[key]
@@ -320,7 +331,8 @@ def _unflat(flat: dict[str, Any]) -> dict:
 
 def _check_task(family: Family, config, task: str, source: str) -> None:
     if task not in family.tasks:
-        raise ValueError(f"{source}: task {task!r} is not one of {family.model_type}'s tasks: {', '.join(family.tasks)}")
+        raise ValueError(f"{source}: task {task!r} is not one of {family.model_type}'s tasks: "
+                         f"{', '.join(family.tasks)}")
     if task in LM_TASKS and not config.tie_word_embeddings:
         raise ValueError(f"{source}: tie_word_embeddings=false (an untied LM head) is not supported")
 
@@ -428,10 +440,10 @@ def load_pretrained(path: str | os.PathLike, task: str = "base", num_labels: int
     config = config_from_hf_dict(hf, source)
     family = family_of(config, source)
     _check_task(family, config, task, source)
-    weights = _Weights(model_dir)
-    num_labels, id2label = _resolve_labels(family, task, num_labels, id2label, hf, weights, source)
-    module = family.module_cls(config, task=task, num_labels=num_labels, dtype=dtype, remat=remat)
-    params, newly, unused = _import_params(family, module, weights, seed)
+    with _Weights(model_dir) as weights:
+        num_labels, id2label = _resolve_labels(family, task, num_labels, id2label, hf, weights, source)
+        module = family.module_cls(config, task=task, num_labels=num_labels, dtype=dtype, remat=remat)
+        params, newly, unused = _import_params(family, module, weights, seed)
     if newly:
         log.info("%s: newly initialised (not in the checkpoint): %s", model_dir, ", ".join(newly))
     if unused:

@@ -124,7 +124,7 @@ def _run_many(objective, st: _State, shared, own, n_steps, max_iter, ftol, gtol)
     return jax.vmap(one)(st, own)
 
 
-SIZES = (16, 128, 1024)  # rows a chunk runs at (then multiples of 1024): few programs to compile
+SIZES = (16, 64, 256, 1024)  # rows a chunk runs at (then multiples of 1024): few programs to compile
 
 
 def padded_size(n: int) -> int:
