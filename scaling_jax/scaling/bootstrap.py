@@ -36,6 +36,13 @@ def percentile_interval(samples, level: float = 0.95) -> list[float]:
     return [float(lo), float(hi)]
 
 
+def _check(n_boot: int, level: float) -> None:
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1, got {level}")
+
+
 def _summary(samples: dict[str, np.ndarray], n_boot: int, seed: int, level: float) -> dict:
     n_ok = int(np.sum(np.all([np.isfinite(v) for v in samples.values()], axis=0)))
     return {"ci": {name: percentile_interval(v, level) for name, v in samples.items()},
@@ -52,8 +59,7 @@ def bootstrap_law(law: Law, logx_KxN, logy_N, theta_P, *, n_boot: int = 200, see
     a resample moves the optimum a little, not to another basin). Returns `ci` {param: [lo, hi]},
     `bootstrap` {n_boot, n_ok, seed, level} and `samples` {param: array of n_boot}.
     """
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    _check(n_boot, level)
     n_points = np.shape(logy_N)[0]
     idx_BxN = resample_indices(n_points, n_boot, seed)
     weight_BxN = np.stack([np.bincount(row, minlength=n_points) for row in idx_BxN]).astype(float)
@@ -73,8 +79,7 @@ def bootstrap_function(fit_fn: Callable[[np.ndarray], dict], n_points: int, name
     """Percentile intervals for fit_fn(indices) -> {name: value} over n_boot resamples (a plain
     loop, for cheap fits such as IsoFLOP's). A resample whose fit raises ValueError counts as
     failed (NaN) and is left out of the intervals; `n_ok` says how many succeeded."""
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    _check(n_boot, level)
     samples = {name: np.full(n_boot, np.nan) for name in names}
     for i, idx in enumerate(resample_indices(n_points, n_boot, seed, strata)):
         try:

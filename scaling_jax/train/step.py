@@ -122,7 +122,9 @@ def make_eval_step(model: Any, *, mesh: Mesh | None = None, params_sharding: Any
                            param_fn=param_fn)
     if params_sharding is None:
         return jax.jit(fn)
-    return jax.jit(fn, in_shardings=(params_sharding, batch_sharding))
+    # Outputs replicated, so every process can read all predictions (multi-host eval).
+    replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.jit(fn, in_shardings=(params_sharding, batch_sharding), out_shardings=replicated)
 
 
 def init_state(params: Any, logical: Any, tx: optax.GradientTransformation, *, mesh: Mesh,
