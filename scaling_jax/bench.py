@@ -34,6 +34,7 @@ PRESETS = {
     # The issue-8 reference shape: BERT token classification, AdamW, float32.
     "bert_small": Shape("bert_small", "bert", 30522, 256, 4, 4, 1024, 128, 16),
     "gpt_small": Shape("gpt_small", "gpt2", 50257, 256, 4, 4, 1024, 128, 16),
+    "tiny": Shape("tiny", "bert", 1000, 64, 2, 4, 256, 32, 8),  # a smoke test of the harness
 }
 
 

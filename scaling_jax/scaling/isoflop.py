@@ -87,8 +87,8 @@ def fit_isoflop(params, tokens, loss, *, budgets=None, tol_decades: float = 0.05
     whether it lies within the sampled sizes). n_boot > 0 adds percentile intervals `ci` for a, b,
     N_coef, D_coef from resampling points within each budget.
     """
-    arrays = check_points({"params": params, "tokens": tokens, "loss": loss}, law="isoflop",
-                          n_params=MIN_SIZES * MIN_BUDGETS)
+    # How many points it needs depends on how they group into budgets: _fit_groups says.
+    arrays = check_points({"params": params, "tokens": tokens, "loss": loss})
     n, d, y = arrays["params"], arrays["tokens"], arrays["loss"]
     if budgets is None:
         labels = group_budgets(training_flops(n, d), tol_decades)

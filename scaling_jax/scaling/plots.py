@@ -72,6 +72,30 @@ def plot_loss_vs_params(params, tokens, loss, fit: dict, path, *, max_curves: in
     return _save(fig, path)
 
 
+def plot_one_variable(x, loss, fits: list[dict], variable: str, path) -> Path:
+    """Log-log loss against N (or D) with one-variable fits (fit_power_law / fit_kaplan results
+    in that variable) drawn over the points."""
+    from scaling_jax.scaling.powerlaw import KAPLAN_LAWS, POWER_LAWS
+
+    laws = {law.name: law for law in (*POWER_LAWS.values(), *KAPLAN_LAWS.values())}
+    x, y = np.asarray(x, float), np.asarray(loss, float)
+    fig, ax = _figure()
+    ax.scatter(x, y, color="0.3", s=18, zorder=3, label="runs")
+    x_line = np.logspace(np.log10(x.min()) - 0.3, np.log10(x.max()) + 0.5, 200)
+    for color, fit in zip(("C0", "C1"), fits):
+        law = laws[fit["law"]]
+        shown = ", ".join(f"{k}={fit[k]:.3g}" for k in law.param_names)
+        ax.plot(x_line, law.predict(fit, x_line), color=color, lw=1.5, label=f"{law.name}: {shown}")
+    label = {"N": "parameters N", "D": "tokens D"}[variable]
+    ax.set(xscale="log", yscale="log", xlabel=label, ylabel="loss", title=f"Loss against {label}")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)
+
+
 def plot_isoflop(params, tokens, loss, fit: dict, path) -> Path:
     """Loss against parameters per compute budget, each with its parabola in ln N and vertex."""
     n, d, y = (np.asarray(v, float) for v in (params, tokens, loss))

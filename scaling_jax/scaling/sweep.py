@@ -46,11 +46,14 @@ def _row(member, result: dict) -> dict[str, Any]:
     summary = result["summary"]
     m = member.model
     seq = member.data.seq_len
-    # Kaplan et al. (2020): N excludes embeddings; C = 6 N D plus attention 6 n_layer n_ctx d per token.
-    n_embed = m.vocab_size * m.d_model + m.max_len * m.d_model
-    params = summary["params_total"] - n_embed
+    from scaling_jax.scaling.family import flops_per_token, gpt2_params
+    # Kaplan et al. (2020): N excludes embeddings; C per token = 6 N + 6 n_layer n_ctx d (attention).
+    params = gpt2_params(m.vocab_size, m.max_len, m.d_model, m.n_layers, m.d_ff or None, embeddings=False)
+    if gpt2_params(m.vocab_size, m.max_len, m.d_model, m.n_layers, m.d_ff or None) != summary["params_total"]:
+        raise RuntimeError(f"{member.run.name}: the model has {summary['params_total']} params, the "
+                           f"family formula says otherwise")
     tokens = member.train.steps * member.data.batch_size * seq
-    flops = (6 * params + 6 * m.n_layers * seq * m.d_model) * tokens
+    flops = flops_per_token(params, m.n_layers, seq, m.d_model) * tokens
     return {"name": member.run.name, "d_model": m.d_model, "n_layers": m.n_layers, "n_heads": m.n_heads,
             "params": params, "params_total": summary["params_total"], "tokens": tokens, "flops": flops,
             "steps": member.train.steps, "lr": member.optim.lr, "loss": result["eval"]["loss"],
@@ -85,6 +88,8 @@ def run_sweep(cfg, train_fn: Callable | None = None) -> Path:
     print(f"[sweep] {len(rows)}/{len(members)} members in {out}", flush=True)
     if len(rows) == len(members) and len(rows) >= 3:
         from scaling_jax.scaling import fit_cli
+        # One token budget: L(N) = E + A / N^alpha with bootstrap intervals (Chinchilla's L(N, D)
+        # needs several budgets; run `scaling-jax fit --law chinchilla` on such a CSV).
         fit_cli.main([str(out), "--law", "power", "--out", str(out.with_name("fit.json")),
                       "--plot-dir", str(out.parent)])
     return out

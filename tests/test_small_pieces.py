@@ -1,0 +1,68 @@
+"""Small pieces with outside references: sampling rules, classification reader errors, sampler
+determinism, LM windows, the bench harness's output contract."""
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scaling_jax.data.classification import ClassificationDataError, read_examples
+from scaling_jax.data.sampler import batch_indices, process_slice
+from scaling_jax.inference import sample_token
+
+
+def test_greedy_is_argmax_and_top_k_never_leaves_the_top_k():
+    logits = jnp.asarray([0.1, 3.0, 2.0, -1.0, 2.5])
+    assert int(sample_token(logits, jax.random.PRNGKey(0))) == 1
+    draws = {int(sample_token(logits, jax.random.PRNGKey(i), top_k=2)) for i in range(200)}
+    assert draws == {1, 4}
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    logits = jnp.log(jnp.asarray(probs))
+    draws = [int(sample_token(logits, jax.random.PRNGKey(i), top_p=0.75)) for i in range(400)]
+    assert set(draws) == {0, 1}  # 0.5 < 0.75 <= 0.8: tokens 0 and 1 only
+    share0 = draws.count(0) / len(draws)
+    assert abs(share0 - 0.5 / 0.8) < 0.08  # renormalised within the nucleus
+
+
+def test_classification_reader_names_file_and_line(tmp_path):
+    good = tmp_path / "a.jsonl"
+    good.write_text('{"text": "fine", "label": "pos"}\n\n{"text": "bad", "label": "neg"}\n')
+    assert read_examples(good) == [("fine", "pos"), ("bad", "neg")]
+    bad = tmp_path / "b.jsonl"
+    bad.write_text('{"text": "fine", "label": "pos"}\n{"text": "no label"}\n')
+    with pytest.raises(ClassificationDataError, match=r"b\.jsonl:2: expected an object with 'text' and 'label'"):
+        read_examples(bad)
+    tsv = tmp_path / "c.tsv"
+    tsv.write_text("pos\tgood film\nneg\tbad\tfilm\n")
+    with pytest.raises(ClassificationDataError, match=r"c\.tsv:2: expected 'label<TAB>text', got 3 fields"):
+        read_examples(tsv)
+    empty = tmp_path / "d.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ClassificationDataError, match="no examples"):
+        read_examples(empty)
+
+
+def test_batch_at_step_s_depends_only_on_seed_and_s():
+    a = [batch_indices(s, 8, 20, seed=3) for s in range(10)]
+    b = [batch_indices(s, 8, 20, seed=3) for s in reversed(range(10))][::-1]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    epoch0 = np.concatenate([batch_indices(s, 4, 20, seed=3) for s in range(5)])
+    assert sorted(epoch0) == list(range(20))  # each example once per epoch
+    assert not np.array_equal(batch_indices(0, 8, 20, 3), batch_indices(0, 8, 20, 4))
+    assert process_slice(8, 1, 2) == slice(4, 8)
+
+
+def test_bench_json_lines_carry_the_contract_keys():
+    out = subprocess.run([sys.executable, "-m", "scaling_jax.bench", "--json", "--preset", "tiny", "--steps", "2",
+                          "--no-torch"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert all({"name", "tokens_per_s", "step_ms", "mfu"} <= set(r) for r in rows)
+    ours = [r for r in rows if r["name"].startswith("ours/")]
+    assert len(ours) == 2 and all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 for r in ours)
