@@ -235,7 +235,7 @@ class Checkpointer:
                 continue
             try:
                 metrics = self._manager.metrics(step)
-            except Exception as e:  # noqa: BLE001 - a broken metrics file: not a candidate
+            except Exception as e:  # a broken metrics file: not a candidate
                 log.warning("%s: checkpoint step %d: metrics unreadable (%s)", self.directory, step, e)
                 continue
             if metrics and self.best_metric in metrics:
@@ -261,7 +261,7 @@ class Checkpointer:
         try:
             with jax.transfer_guard("allow"):
                 restored = self._manager.restore(step, args=args)
-        except Exception as e:  # noqa: BLE001 - the tree was checked above: this is the data
+        except Exception as e:  # the tree was checked above: this is the data
             raise _Unreadable(f"{type(e).__name__}: {_first_line(e)}") from e
         state, extra = restored[_STATE], restored[_EXTRA]
         if not isinstance(extra, dict):
@@ -287,7 +287,7 @@ class Checkpointer:
         try:
             metadata = self._manager.item_metadata(step)
             tree = metadata[_STATE].tree if metadata is not None and metadata[_STATE] is not None else None
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise _Unreadable(f"metadata unreadable: {type(e).__name__}: {_first_line(e)}") from e
         if tree is None:
             raise _Unreadable("state metadata missing")

@@ -76,7 +76,7 @@ def test_default_targets_are_attention_and_mlp_kernels_of_bert_and_gpt2():
 
 def _toy(seed=0):
     rng = np.random.default_rng(seed)
-    f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)  # noqa: E731
+    f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
     return {"hidden": {"dense": {"kernel": f(6, 5), "bias": f(5)}},
             "classifier": {"kernel": f(5, 3), "bias": f(3)}}, f(4, 6), f(4, 3)
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-from safetensors import safe_open  # noqa: E402
-from safetensors.numpy import load_file, save_file  # noqa: E402
+import torch
+import transformers
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
 
-from scaling_jax.models import (BertConfig, CheckpointError, GPT2Config, init_model, load_pretrained,  # noqa: E402
+from scaling_jax.models import (BertConfig, CheckpointError, GPT2Config, init_model, load_pretrained,
                                 load_tokenizer, save_pretrained)
-from scaling_jax.models import hf  # noqa: E402
+from scaling_jax.models import hf
 
 VOCAB = 61
 LABELS = {0: "O", 1: "B-PER", 2: "I-PER"}

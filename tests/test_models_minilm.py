@@ -12,11 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-from safetensors.numpy import load_file  # noqa: E402
+import torch
+import transformers
+from safetensors.numpy import load_file
 
-from scaling_jax.models import fetch, fetch_model, load_pretrained, load_tokenizer, save_pretrained  # noqa: E402
+from scaling_jax.models import fetch, fetch_model, load_pretrained, load_tokenizer, save_pretrained
 
 WHEELHOUSE = os.environ.get("SCALING_JAX_WHEELHOUSE") or "/tmp/wheel"
 SENTENCES = [

@@ -13,8 +13,8 @@ CONFIGS = [  # (vocab_size, n_positions, d_model, n_layer, n_head, d_ff)
 @pytest.mark.parametrize("vocab,positions,d_model,n_layer,n_head,d_ff", CONFIGS)
 def test_param_counts_match_transformers_gpt2_lm_head_model(vocab, positions, d_model, n_layer,
                                                             n_head, d_ff):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=vocab, n_positions=positions, n_embd=d_model,
                                      n_layer=n_layer, n_head=n_head, n_inner=d_ff)

@@ -14,7 +14,7 @@ Dtype = Any
 # HF `hidden_act` / `activation_function` names (transformers/activations.py ACT2FN) -> jax.
 # "gelu" is the exact erf form; the tanh family (gelu_new, gelu_pytorch_tanh, ...) all compute
 # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-_GELU_TANH = lambda x: jax.nn.gelu(x, approximate=True)  # noqa: E731
+_GELU_TANH = lambda x: jax.nn.gelu(x, approximate=True)
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "gelu_python": lambda x: jax.nn.gelu(x, approximate=False),
@@ -117,7 +117,7 @@ def attend(q_BxLxD: jax.Array, k_BxLxD: jax.Array, v_BxLxD: jax.Array, mask_Bx1x
     """
     B, L, D = q_BxLxD.shape
     K = D // num_heads
-    split = lambda t: t.reshape(t.shape[0], t.shape[1], num_heads, K)  # noqa: E731
+    split = lambda t: t.reshape(t.shape[0], t.shape[1], num_heads, K)
     q, k, v = split(q_BxLxD), split(k_BxLxD), split(v_BxLxD)
     if dropout_rng is None or dropout_rate == 0.0:
         out_BxLxHxK = jax.nn.dot_product_attention(q, k, v, mask=mask_Bx1xLxL, scale=scale)

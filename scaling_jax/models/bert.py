@@ -104,7 +104,7 @@ class BertSelfAttention(nn.Module):
     @nn.compact
     def __call__(self, x_BxLxD, mask_Bx1x1xL, train: bool):
         c = self.config
-        proj = lambda name: dense(c.hidden_size, ("embed", "heads"), std=c.initializer_range,  # noqa: E731
+        proj = lambda name: dense(c.hidden_size, ("embed", "heads"), std=c.initializer_range,
                                   dtype=self.dtype, name=name)(x_BxLxD)
         q, k, v = proj("query"), proj("key"), proj("value")
         rate = c.attention_probs_dropout_prob

@@ -94,7 +94,7 @@ class GPT2Attention(nn.Module):
         c = self.config
         # HF keeps q/k/v fused in one Conv1D `c_attn`; separate Dense layers give each its own
         # ("embed", "heads") kernel for tensor parallelism, and hf.py splits/fuses on load/save.
-        proj = lambda name: dense(c.n_embd, ("embed", "heads"), std=c.initializer_range,  # noqa: E731
+        proj = lambda name: dense(c.n_embd, ("embed", "heads"), std=c.initializer_range,
                                   dtype=self.dtype, name=name)(x_BxLxD)
         q, k, v = proj("query"), proj("key"), proj("value")
         scale = 1.0 / math.sqrt(c.head_dim) if c.scale_attn_weights else 1.0

@@ -200,7 +200,7 @@ class _Weights:
                                       f"model.safetensors") from None
             try:
                 self._torch = torch.load(pt, map_location="cpu", weights_only=True)
-            except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt file
+            except Exception as e:  # any unpickling failure is a corrupt file
                 raise CheckpointError(f"{pt}: cannot read the PyTorch checkpoint ({type(e).__name__}: {e})") from e
             self.files = {k: pt for k in self._torch}
         else:
@@ -214,7 +214,7 @@ class _Weights:
         try:
             handle = safe_open(str(path), framework="np")
             keys = list(handle.keys())
-        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: a truncated or corrupt file
+        except Exception as e:  # SafetensorError, OSError: a truncated or corrupt file
             raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({e})") from e
         self._handles[path] = handle
         self.files.update({k: path for k in keys})
@@ -243,7 +243,7 @@ class _Weights:
                 with safe_open(str(path), framework="flax") as f:
                     return np.asarray(f.get_tensor(key), dtype=np.float32)
             return np.asarray(handle.get_tensor(key), dtype=np.float32)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise CheckpointError(f"{path}: cannot read tensor {key!r} ({type(e).__name__}: {e})") from e
 
     def close(self) -> None:
@@ -397,7 +397,7 @@ def _import_params(family: Family, module: nn.Module, weights: _Weights, seed: i
         if key is not None:
             used.add(key)
     if missing:  # jit only the missing leaves: XLA drops the rest of init (and the dummy forward)
-        init_missing = lambda rng: {p: x for p, x in  # noqa: E731
+        init_missing = lambda rng: {p: x for p, x in
                                     _flat(nn.meta.unbox(_init_fn(module)(rng))["params"]).items() if p in missing}
         flat.update(jax.jit(init_missing)(jax.random.PRNGKey(seed)))
     unused = sorted(k for k in weights.files if k not in used and not re.fullmatch(family.ignored, k))
