@@ -110,7 +110,7 @@ class DistributedConfig:
     coordinator: str = ""
     num_processes: int = 0
     process_id: int = -1
-    timeout_s: int = 300
+    timeout_s: int = 0  # seconds to wait for peers; 0 = $SCALING_JAX_INIT_TIMEOUT_S, else jax's 300
 
 
 @dataclass(frozen=True)

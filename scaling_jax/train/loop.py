@@ -51,7 +51,8 @@ def train(cfg: Config) -> dict[str, Any]:
 
     d = cfg.distributed
     distributed.initialize(coordinator=d.coordinator or None, num_processes=d.num_processes or None,
-                           process_id=d.process_id if d.process_id >= 0 else None, timeout_s=d.timeout_s)
+                           process_id=d.process_id if d.process_id >= 0 else None,
+                           timeout_s=d.timeout_s or None)
     main = jax.process_index() == 0
     run_dir = cfg.run_dir
     if main:
