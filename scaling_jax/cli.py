@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not args.verbose:  # Orbax logs routine notices through absl at WARNING
+        import absl.logging
+        absl.logging.set_verbosity(absl.logging.ERROR)
     from scaling_jax.errors import USER_ERRORS
     try:
         return args.fn(args)
