@@ -113,3 +113,25 @@ def test_frozen_bottom_layers_stay_bit_identical_and_hold_no_adam_state(tmp_path
     # Adam keeps mu and nu (float32) for trainable leaves only: bytes = 8 * trainable + small counts.
     assert abs(s["opt_state_bytes"] - 8 * s["params_trainable"]) < 1024
     assert frozen_share > 0.5
+
+
+@pytest.mark.slow
+def test_sequence_classification_fine_tune_learns_a_separable_task(tmp_path):
+    from scaling_jax.train.loop import train
+    rng = np.random.default_rng(0)
+    good, bad = ["great", "wonderful", "superb", "lovely"], ["awful", "terrible", "dreadful", "boring"]
+    def rows(n):
+        out = []
+        for _ in range(n):
+            label = rng.integers(2)
+            words = rng.choice(good if label else bad, 3)
+            out.append(json.dumps({"text": f"the film was {' and '.join(words)}", "label": ["neg", "pos"][label]}))
+        return "\n".join(out) + "\n"
+    for split, n in (("train", 96), ("valid", 32), ("test", 32)):
+        (tmp_path / f"{split}.jsonl").write_text(rows(n))
+    cfg = load_config(REPO / "configs/cls.yaml", [f"run.dir={tmp_path / 'run'}", f"data.root={tmp_path}",
+                                                  "train.steps=12", "train.eval_every=6", "checkpoint.every=6",
+                                                  "optim.lr=1e-4", "optim.warmup_steps=0", "data.seq_len=16",
+                                                  "data.batch_size=16", "data.eval_batch_size=32"])
+    result = train(cfg)
+    assert result["test"]["accuracy"] >= 0.9, result["test"]

@@ -51,6 +51,23 @@ def test_train_writes_the_contract_files(tmp_path, shared_data):
     assert result["eval"]["loss"] < rows[0]["loss"], "eval loss after training below the first train loss"
     assert load_config(tmp_path / "config.yaml").train.steps == 6
 
+    # Hand the model on: export to HF, fine-tune that GPT-2 checkpoint as a causal LM, generate.
+    from scaling_jax.train.session import export_run
+    export_run(tmp_path, tmp_path / "export")
+    tuned = tmp_path / "tuned"
+    result2 = train(load_config(REPO / "configs/lm_finetune.yaml", [
+        f"run.dir={tuned}", f"model.pretrained={tmp_path / 'export'}", "train.steps=2", "train.eval_every=2",
+        "checkpoint.every=2", "data.seq_len=32", "data.batch_size=8", "data.eval_batch_size=8",
+        "data.max_eval_batches=2"]))
+    assert result2["eval"]["loss"] < 20
+    for flags in (["--top-k", "0"], ["--top-k", "5", "--top-p", "0.9", "--seed", "1"]):
+        out = subprocess.run([sys.executable, "-m", "scaling_jax.cli", "predict", str(tuned), "--text", "ROMEO:",
+                              "--max-new-tokens", "5", *flags], env=_env(), capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        assert row["prompt"] == "ROMEO:" and row["text"].startswith("ROMEO:") and len(row["text"]) > 6
+
 
 @pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_is_bit_identical(tmp_path, shared_data):
