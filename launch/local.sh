@@ -59,13 +59,20 @@ prefix() {
     while IFS= read -r line || [[ -n "$line" ]]; do printf '[rank %s] %s\n' "$1" "$line"; done
 }
 
+# Rank 0's lines unchanged, but written one whole line at a time (as `prefix` does), so the
+# ranks' lines never interleave mid-line (`cat` may write half a line).
+whole_lines() {
+    local line
+    while IFS= read -r line || [[ -n "$line" ]]; do printf '%s\n' "$line"; done
+}
+
 # One rank: its stdout to our stdout (prefixed unless rank 0), its stderr prefixed to our stderr,
 # its exit status into $state_dir/rc.R once it ends.
 run_rank() {
     local rank=$1
     shift
     local out_filter=(prefix "$rank")
-    [[ "$rank" == 0 ]] && out_filter=(cat)
+    [[ "$rank" == 0 ]] && out_filter=(whole_lines)
     {
         {
             set +e
