@@ -112,7 +112,13 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+PASSTHROUGH = {"fit": _fit, "bench": _bench}  # verbs with their own argparse (flags pass through)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PASSTHROUGH:
+        return PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -80,8 +80,8 @@ def train(cfg: Config) -> dict[str, Any]:
     if restored is not None:
         step0, state, extra = restored
         if extra.get("config_hash") not in (None, config_hash(cfg)):
-            raise CheckpointMismatchError(f"{run_dir}: checkpoint step {step0} was written by a different config; "
-                               f"use another run.dir")
+            raise CheckpointMismatchError(f"{run_dir}: checkpoint step {step0} was written by a different "
+                                          f"config; use another run.dir")
         progress.update(extra.get("progress", {}))
         writer.truncate_after(step0)
         if main:
