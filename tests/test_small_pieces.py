@@ -66,3 +66,11 @@ def test_bench_json_lines_carry_the_contract_keys():
     assert all({"name", "tokens_per_s", "step_ms", "mfu"} <= set(r) for r in rows)
     ours = [r for r in rows if r["name"].startswith("ours/")]
     assert len(ours) == 2 and all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 for r in ours)
+
+
+def test_cli_bad_config_key_exits_non_zero_naming_the_key():
+    out = subprocess.run([sys.executable, "-m", "scaling_jax.cli", "train", "configs/lm_tiny.yaml", "optim.lrr=1"],
+                         capture_output=True, text=True, timeout=300,
+                         cwd=__import__("pathlib").Path(__file__).resolve().parents[1])
+    assert out.returncode == 2
+    assert "unknown config key 'optim.lrr'" in out.stderr and "valid keys under optim" in out.stderr

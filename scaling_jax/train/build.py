@@ -44,7 +44,7 @@ def resolve_model_dir(cfg: Config) -> Path | None:
 
 def tokenizer_dir(cfg: Config) -> Path:
     if cfg.data.tokenizer:
-        return expand_path(cfg.data.tokenizer, None if Path(cfg.data.tokenizer).is_absolute() else None)
+        return expand_path(cfg.data.tokenizer)
     model_dir = resolve_model_dir(cfg)
     if model_dir is None:
         raise ConfigError("data.tokenizer: a model trained from scratch needs a tokenizer directory")
