@@ -25,7 +25,6 @@ def load_for_predict(model_dir: str | Path):
     from scaling_jax.models import load_pretrained, load_tokenizer
     model_dir = Path(model_dir)
     if (model_dir / "config.yaml").is_file():
-        from scaling_jax.train import build
         from scaling_jax.train.session import open_session, restore_params, run_config
         cfg = run_config(model_dir, ("mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1"))
         session = open_session(cfg, with_data=False)
