@@ -88,14 +88,15 @@ def _batch(shape: Shape, num_labels: int) -> dict[str, np.ndarray]:
 
 
 def bench_ours(shape: Shape, *, dtype: str = "float32", steps: int = 20, warmup: int = 3,
-               dropout: float = 0.1, remat: bool = False, peak: float | None = None) -> dict:
+               dropout: float = 0.1, remat: bool = False, scan: bool = True, peak: float | None = None) -> dict:
     import jax
     import jax.numpy as jnp
     import optax
     import scaling_jax as sj
     task = "token_classification" if shape.family == "bert" else "causal_lm"
     model = sj.init_model(_hf_config(shape, dropout), task=task, num_labels=9 if shape.family == "bert" else None,
-                          dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32, remat=remat)
+                          dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32, remat=remat,
+                          scan_layers=scan)
     tx = optax.adamw(1e-4)
     mesh = sj.make_mesh(data=-1)
     state, state_sh = sj.init_state(model.params, model.logical_axes(), tx, mesh=mesh, rules=sj.DEFAULT_RULES)
@@ -119,7 +120,7 @@ def bench_ours(shape: Shape, *, dtype: str = "float32", steps: int = 20, warmup:
         n_matmul += shape.vocab * shape.hidden
     tokens = shape.batch * shape.seq
     flops = model_flops_per_token(shape, n_matmul) * tokens
-    out = {"name": f"ours/{shape.name}/{dtype}", "tokens_per_s": tokens / sec, "step_ms": sec * 1e3,
+    out = {"name": f"ours/{shape.name}/{dtype}" + ("" if scan else "/unrolled"), "tokens_per_s": tokens / sec, "step_ms": sec * 1e3,
            "compile_s": compile_s, "model_tflop_per_step": flops / 1e12,
            "temp_mib": getattr(mem, "temp_size_in_bytes", 0) / 2**20 if mem else None,
            "mfu": flops / sec / peak if peak else None}

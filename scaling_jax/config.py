@@ -38,7 +38,9 @@ class ModelConfig:
     max_len: int = 256
     dropout: float = 0.0
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
-    remat: bool = False
+    remat: bool = False  # recompute each layer's activations in the backward pass
+    remat_policy: str = ""  # "" = by remat / scan_layers; else a jax.checkpoint_policies name (see README)
+    scan_layers: bool = True  # one compiled layer under lax.scan (compile time flat in depth)
     lora_rank: int = 0  # 0 = no LoRA
     lora_alpha: float = 16.0
     lora_targets: str = ""  # regex over param paths; "" = attention and MLP projections
@@ -146,6 +148,8 @@ _CHOICES = {
     "model.family": ("gpt2", "bert"),
     "model.task": ("causal_lm", "token_classification", "sequence_classification", "masked_lm"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.remat_policy": ("", "nothing_saveable", "everything_saveable", "dots_saveable",
+                           "dots_with_no_batch_dims_saveable"),
     "data.kind": ("lm_text", "conll", "classification"),
     "train.early_stopping_mode": ("max", "min"),
     "train.nan_policy": ("stop", "skip"),

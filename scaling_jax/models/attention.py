@@ -41,12 +41,69 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
         raise ValueError(f"activation {name!r} is not supported; known: {', '.join(sorted(ACTIVATIONS))}") from None
 
 
+@jax.custom_vjp
+def matmul_acc32(x_MxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
+    """x @ w for low-precision (bfloat16) inputs, accumulated and returned in float32.
+
+    XLA:CPU runs bf16 x bf16 -> f32 GEMMs on the AMX/AVX512-BF16 path (~860 GFLOP/s here) but
+    bf16 -> bf16 ones at the float32 rate (~140), and autodiff's transposed dots come out mixed
+    (f32 cotangent x bf16 operand), which XLA upcasts. So the backward is spelled out: dx as
+    bf16 x bf16 -> f32; dw in float32, because a GEMM contracting both operands' rows takes
+    XLA:CPU's slow bf16 path (measured 10 ms vs 7 ms in f32, notes/PERFORMANCE.md).
+    """
+    return jnp.dot(x_MxK, w_KxN, preferred_element_type=jnp.float32)
+
+
+def _matmul_acc32_fwd(x_MxK, w_KxN):
+    return matmul_acc32(x_MxK, w_KxN), (x_MxK, w_KxN)
+
+
+def _matmul_acc32_bwd(res, g_MxN):
+    x_MxK, w_KxN = res
+    dx = jax.lax.dot_general(g_MxN.astype(w_KxN.dtype), w_KxN, (((1,), (1,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+    dw = jax.lax.dot_general(x_MxK.astype(jnp.float32), g_MxN.astype(jnp.float32), (((0,), (0,)), ((), ())))
+    return dx.astype(x_MxK.dtype), dw.astype(w_KxN.dtype)
+
+
+matmul_acc32.defvjp(_matmul_acc32_fwd, _matmul_acc32_bwd)
+
+
+class Dense(nn.Module):
+    """nn.Dense's params and math (kernel (in, out), bias (out,), computed in `dtype`), applied to the
+    input flattened to 2-D.
+
+    A [B, L, D] @ [D, F] dot_general makes the kernel gradient contract over two axes, which XLA:CPU
+    lowers with a transpose copy of the activations; [B*L, D] @ [D, F] is one plain GEMM each way
+    (measured 2x faster for the 256 -> 1024 layer of the bench shape, notes/PERFORMANCE.md).
+    """
+
+    features: int
+    axes: tuple[str | None, str | None]
+    std: float
+    dtype: Dtype = jnp.float32
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(self.std), self.axes),
+                            (x.shape[-1], self.features), jnp.float32)
+        x_MxK = x.reshape(-1, x.shape[-1]).astype(self.dtype)
+        if jnp.dtype(self.dtype) == jnp.float32:
+            y = jnp.dot(x_MxK, kernel)
+        else:
+            y = matmul_acc32(x_MxK, kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (self.axes[1],)),
+                              (self.features,), jnp.float32)
+            y = y + bias
+        return y.astype(self.dtype).reshape(*x.shape[:-1], self.features)
+
+
 def dense(features: int, axes: tuple[str | None, str | None], *, std: float, dtype: Dtype, name: str,
-          use_bias: bool = True) -> nn.Dense:
+          use_bias: bool = True) -> Dense:
     """A Dense whose (in, out) kernel and (out,) bias carry logical axis names; HF init N(0, std), bias 0."""
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name,
-                    kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std), axes),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)))
+    return Dense(features, axes, std, dtype, use_bias, name=name)
 
 
 def layer_norm(epsilon: float, *, dtype: Dtype, name: str) -> nn.LayerNorm:
@@ -92,6 +149,65 @@ class Dropout(nn.Module):
         return jnp.where(dropout_mask(self.make_rng("dropout"), keep, x.shape), x / keep, 0.0).astype(x.dtype)
 
 
+# Names from jax.checkpoint_policies usable as `remat` (a policy says which activations are kept
+# for the backward pass; the rest is recomputed).
+REMAT_POLICIES = ("nothing_saveable", "everything_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
+SCAN_DEFAULT_POLICY = "dots_with_no_batch_dims_saveable"
+
+
+def remat_policy(remat: bool | str, scan: bool) -> str | None:
+    """The checkpoint policy name for `remat` (False | True | a REMAT_POLICIES name), or None.
+
+    True = full recompute (`nothing_saveable`). False unrolled = plain autodiff (no checkpoint);
+    False scanned = `dots_with_no_batch_dims_saveable`: a scan otherwise stacks every residual of
+    every layer, and on the bench shape keeping only the matmul outputs was 11% faster and needed
+    40% less temporary memory (notes/PERFORMANCE.md).
+    """
+    if remat is True:
+        return "nothing_saveable"
+    if remat is False or remat is None or remat == "":
+        return SCAN_DEFAULT_POLICY if scan else None
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat policy {remat!r} is not one of {', '.join(REMAT_POLICIES)} (or true / false)")
+    return remat
+
+
+def run_layers(parent: nn.Module, layer_cls: type[nn.Module], layer_args: Callable[[int], tuple], n: int,
+               prefix: str, x: jax.Array, *args: Any, train: bool, remat: bool | str, scan: bool) -> jax.Array:
+    """`x = layer_i(x, *args, train)` for i < n, with layer i's params at `{prefix}{i}` of `parent`.
+
+    Unrolled, XLA compiles n copies of the layer. With `scan`, the per-layer param trees (kept as
+    they are: HF names, freeze presets and sharding by layer all see `layer_{i}`) are stacked inside
+    the step and one layer body runs under `jax.lax.scan`, so compile time stays flat in depth;
+    the gradient flows back through the stack to each layer's own leaves. Layer i is
+    `layer_cls(*layer_args(i))`; scanning uses `layer_args(0)` for all, so a layer whose fields
+    depend on i must not be scanned. Dropout keys: the parent's `dropout` stream folded with i.
+    `remat` picks the checkpoint policy of each layer (`remat_policy`).
+    """
+    scan = scan and n > 1 and not parent.is_initializing()
+    policy = remat_policy(remat, scan)
+    if not scan:
+        # Linen counts self as argnum 0, so `train` (a Python bool, static) is argnum len(args) + 2.
+        cls = layer_cls if policy is None else nn.remat(
+            layer_cls, static_argnums=(len(args) + 2,), policy=getattr(jax.checkpoint_policies, policy))
+        for i in range(n):
+            x = cls(*layer_args(i), name=f"{prefix}{i}")(x, *args, train)
+        return x
+    params = parent.variables["params"]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[params[f"{prefix}{i}"] for i in range(n)])
+    layer = layer_cls(*layer_args(0), parent=None)
+    rng = parent.make_rng("dropout") if train else None
+
+    def body(h, xs):
+        layer_params, i = xs
+        rngs = {"dropout": jax.random.fold_in(rng, i)} if rng is not None else {}
+        return layer.apply({"params": layer_params}, h, *args, train, rngs=rngs), None
+
+    body = jax.checkpoint(body, prevent_cse=False, policy=getattr(jax.checkpoint_policies, policy))
+    x, _ = jax.lax.scan(body, x, (stacked, jnp.arange(n)))
+    return x
+
+
 def padding_mask(attention_mask_BxL: jax.Array | None) -> jax.Array | None:
     """1 = real token -> boolean key mask Bx1x1xL (True = may be attended to); None stays None."""
     if attention_mask_BxL is None:
@@ -129,7 +245,7 @@ def attend(q_BxLxD: jax.Array, k_BxLxD: jax.Array, v_BxLxD: jax.Array, mask_Bx1x
         probs = jax.nn.softmax(logits_BxHxLxL, axis=-1)
         keep = dropout_mask(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(v.dtype)
-        out_BxLxHxK = jnp.einsum("bhqs,bshk->bqhk", probs, v)
+        out_BxLxHxK = jnp.einsum("bhqs,bshk->bqhk", probs, v, preferred_element_type=jnp.float32).astype(v.dtype)
     return out_BxLxHxK.reshape(B, L, D)
 
 
@@ -167,5 +283,5 @@ def check_heads(hidden: int, heads: int, what: str) -> None:
 
 
 __all__ = ["ACTIVATIONS", "activation", "dense", "layer_norm", "embed", "tied_logits", "Dropout", "dropout_mask",
-           "padding_mask", "causal_mask", "attend", "head_scale", "positions", "config_from_hf_dict",
+           "padding_mask", "causal_mask", "run_layers", "remat_policy", "REMAT_POLICIES", "attend", "head_scale", "positions", "config_from_hf_dict",
            "config_to_hf_dict"]

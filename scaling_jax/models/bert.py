@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from scaling_jax.models.attention import (Dropout, Dtype, activation, attend, check_heads, config_from_hf_dict,
                                           config_to_hf_dict, dense, embed, head_scale, layer_norm,
-                                          padding_mask, positions, tied_logits)
+                                          padding_mask, positions, run_layers, tied_logits)
 
 TASKS = ("base", "token_classification", "sequence_classification", "masked_lm")
 
@@ -164,15 +164,13 @@ class BertLayer(nn.Module):
 class BertEncoder(nn.Module):
     config: BertConfig
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: bool | str = False  # True = recompute layers in the backward pass; or a REMAT_POLICIES name
+    scan: bool = True
 
     @nn.compact
     def __call__(self, x_BxLxD, mask_Bx1x1xL, train: bool):
-        # argnum 3 = `train` (Linen counts self as 0): a Python bool, so it must be static.
-        layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if self.remat else BertLayer
-        for i in range(self.config.num_hidden_layers):
-            x_BxLxD = layer_cls(self.config, self.dtype, name=f"layer_{i}")(x_BxLxD, mask_Bx1x1xL, train)
-        return x_BxLxD
+        return run_layers(self, BertLayer, lambda i: (self.config, self.dtype), self.config.num_hidden_layers,
+                          "layer_", x_BxLxD, mask_Bx1x1xL, train=train, remat=self.remat, scan=self.scan)
 
 
 class BertPooler(nn.Module):
@@ -235,7 +233,8 @@ class BertModel(nn.Module):
     task: str = "base"
     num_labels: int | None = None
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: bool | str = False  # True = recompute layers in the backward pass; or a REMAT_POLICIES name
+    scan: bool = True  # run the layers under lax.scan (same params; compile time flat in depth)
 
     @nn.compact
     def __call__(self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, *, train: bool = False):
@@ -247,7 +246,7 @@ class BertModel(nn.Module):
             raise ValueError(f"BERT task {self.task!r} needs num_labels")
         embeddings = BertEmbeddings(c, self.dtype, name="embeddings")
         x_BxLxD = embeddings(input_ids_BxL, token_type_ids_BxL, train)
-        x_BxLxD = BertEncoder(c, self.dtype, self.remat, name="encoder")(x_BxLxD, padding_mask(attention_mask_BxL),
+        x_BxLxD = BertEncoder(c, self.dtype, self.remat, self.scan, name="encoder")(x_BxLxD, padding_mask(attention_mask_BxL),
                                                                          train)
         if self.task == "base":
             if self.is_initializing():  # HF's BertModel has a pooler: create it so checkpoints round-trip

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import flax.linen as nn
 import jax.numpy as jnp
 
-from scaling_jax.models.attention import (Dropout, Dtype, activation, attend, causal_mask, check_heads,
+from scaling_jax.models.attention import (Dropout, Dtype, activation, attend, causal_mask, check_heads, run_layers,
                                           config_from_hf_dict, config_to_hf_dict, dense, embed, layer_norm,
                                           positions, tied_logits)
 
@@ -151,7 +151,8 @@ class GPT2Model(nn.Module):
     task: str = "base"
     num_labels: int | None = None
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: bool | str = False  # True = recompute layers in the backward pass; or a REMAT_POLICIES name
+    scan: bool = True  # run the blocks under lax.scan (same params; compile time flat in depth)
 
     @nn.compact
     def __call__(self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, *, train: bool = False):
@@ -170,10 +171,10 @@ class GPT2Model(nn.Module):
             x_BxLxD = x_BxLxD + wte(token_type_ids_BxL)
         x_BxLxD = Dropout(c.embd_pdrop)(x_BxLxD, deterministic=not train)
         mask_Bx1xLxL = causal_mask(L, attention_mask_BxL)
-        # argnum 3 = `train` (Linen counts self as 0): a Python bool, so it must be static.
-        block_cls = nn.remat(GPT2Block, static_argnums=(3,)) if self.remat else GPT2Block
-        for i in range(c.n_layer):
-            x_BxLxD = block_cls(c, i, self.dtype, name=f"h_{i}")(x_BxLxD, mask_Bx1xLxL, train)
+        # A block depends on its index only through scale_attn_by_inverse_layer_idx: then unroll.
+        scan = self.scan and not c.scale_attn_by_inverse_layer_idx
+        x_BxLxD = run_layers(self, GPT2Block, lambda i: (c, i, self.dtype), c.n_layer, "h_", x_BxLxD, mask_Bx1xLxL,
+                             train=train, remat=self.remat, scan=scan)
         x_BxLxD = layer_norm(c.layer_norm_epsilon, dtype=self.dtype, name="ln_f")(x_BxLxD)
         if self.task == "base":
             return x_BxLxD.astype(jnp.float32)

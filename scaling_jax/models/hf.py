@@ -425,14 +425,16 @@ def _read_config(model_dir: Path) -> dict:
 
 
 def load_pretrained(path: str | os.PathLike, task: str = "base", num_labels: int | None = None,
-                    id2label: dict | None = None, dtype: Any = jnp.float32, remat: bool = False,
-                    seed: int = 0) -> Pretrained:
+                    id2label: dict | None = None, dtype: Any = jnp.float32, remat: bool | str = False,
+                    seed: int = 0, scan_layers: bool = True) -> Pretrained:
     """Our model for `task`, with weights from a local HF directory (or alias such as "minilm-l6").
 
     Keys may carry the base-model prefix (`bert.`, `transformer.`) or not. A head the checkpoint
     lacks is initialised from `seed` (logged, and listed in `.newly_initialized`); checkpoint keys
     the task does not use are logged and listed in `.unused`. `num_labels` defaults to the
-    checkpoint head's size; a different value is an error.
+    checkpoint head's size; a different value is an error. `scan_layers` runs the layers under
+    `lax.scan` (same params, same numbers; compile time flat in depth); `remat` (True, or a policy
+    name from `models.attention.REMAT_POLICIES`) recomputes layer activations in the backward pass.
     """
     model_dir = resolve_model_dir(path)
     hf = _read_config(model_dir)
@@ -442,7 +444,8 @@ def load_pretrained(path: str | os.PathLike, task: str = "base", num_labels: int
     _check_task(family, config, task, source)
     with _Weights(model_dir) as weights:
         num_labels, id2label = _resolve_labels(family, task, num_labels, id2label, hf, weights, source)
-        module = family.module_cls(config, task=task, num_labels=num_labels, dtype=dtype, remat=remat)
+        module = family.module_cls(config, task=task, num_labels=num_labels, dtype=dtype, remat=remat,
+                                    scan=scan_layers)
         params, newly, unused = _import_params(family, module, weights, seed)
     if newly:
         log.info("%s: newly initialised (not in the checkpoint): %s", model_dir, ", ".join(newly))
@@ -452,12 +455,13 @@ def load_pretrained(path: str | os.PathLike, task: str = "base", num_labels: int
 
 
 def init_model(config, task: str, num_labels: int | None = None, seed: int = 0, dtype: Any = jnp.float32,
-               remat: bool = False, id2label: dict | None = None) -> Pretrained:
+               remat: bool | str = False, id2label: dict | None = None, scan_layers: bool = True) -> Pretrained:
     """A model initialised from scratch (HF's init: N(0, initializer_range), zero biases)."""
     family = family_of(config)
     _check_task(family, config, task, type(config).__name__)
     num_labels, id2label = _resolve_labels(family, task, num_labels, id2label, {}, None, type(config).__name__)
-    module = family.module_cls(config, task=task, num_labels=num_labels, dtype=dtype, remat=remat)
+    module = family.module_cls(config, task=task, num_labels=num_labels, dtype=dtype, remat=remat,
+                                    scan=scan_layers)
     params = _init_params(module, seed)
     return Pretrained(config, task, num_labels, id2label, module, params, None, sorted(_flat(params)), [])
 
