@@ -88,7 +88,7 @@ def _batch(shape: Shape, num_labels: int) -> dict[str, np.ndarray]:
 
 
 def bench_ours(shape: Shape, *, dtype: str = "float32", steps: int = 20, warmup: int = 3,
-               dropout: float = 0.1, remat: bool = False, scan: bool = True, peak: float | None = None) -> dict:
+               dropout: float = 0.1, remat: bool | str = False, scan: bool = False, peak: float | None = None) -> dict:
     import jax
     import jax.numpy as jnp
     import optax
@@ -107,6 +107,8 @@ def bench_ours(shape: Shape, *, dtype: str = "float32", steps: int = 20, warmup:
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t
     mem = compiled.memory_analysis()
+    if steps == 0:  # compile only
+        return {"name": f"compile/{shape.name}" + ("/scan" if scan else ""), "compile_s": compile_s}
     holder = {"state": state}
 
     def run():
@@ -120,7 +122,7 @@ def bench_ours(shape: Shape, *, dtype: str = "float32", steps: int = 20, warmup:
         n_matmul += shape.vocab * shape.hidden
     tokens = shape.batch * shape.seq
     flops = model_flops_per_token(shape, n_matmul) * tokens
-    out = {"name": f"ours/{shape.name}/{dtype}" + ("" if scan else "/unrolled"), "tokens_per_s": tokens / sec, "step_ms": sec * 1e3,
+    out = {"name": f"ours/{shape.name}/{dtype}" + ("/scan" if scan else ""), "tokens_per_s": tokens / sec, "step_ms": sec * 1e3,
            "compile_s": compile_s, "model_tflop_per_step": flops / 1e12,
            "temp_mib": getattr(mem, "temp_size_in_bytes", 0) / 2**20 if mem else None,
            "mfu": flops / sec / peak if peak else None}
@@ -165,13 +167,22 @@ def bench_torch(shape: Shape, *, steps: int = 10, warmup: int = 2, dropout: floa
             "compile_s": 0.0, "mfu": flops / sec / peak if peak else None}
 
 
-def bench_compile(hidden: int = 256, layers: tuple[int, ...] = (2, 12)) -> list[dict]:
+def bench_compile(hidden: int = 256, layers: tuple[int, int] = (2, 12), repeats: int = 3) -> list[dict]:
+    """Train-step compile time at two depths (median of `repeats` fresh compiles, interleaved),
+    layers unrolled and under lax.scan, with the ratios."""
     out = []
-    for n in layers:
-        shape = Shape(f"bert_h{hidden}_l{n}", "bert", 30522, hidden, n, 4, 4 * hidden, 128, 16)
-        r = bench_ours(shape, steps=1, warmup=0)
-        out.append({"name": f"compile/{shape.name}", "tokens_per_s": r["tokens_per_s"], "step_ms": r["step_ms"],
-                    "mfu": None, "compile_s": r["compile_s"]})
+    for scan in (False, True):
+        shapes = [Shape(f"bert_h{hidden}_l{n}", "bert", 30522, hidden, n, 4, 4 * hidden, 128, 16) for n in layers]
+        secs: list[list[float]] = [[], []]
+        for _ in range(repeats):
+            for j, shape in enumerate(shapes):
+                secs[j].append(bench_ours(shape, steps=0, scan=scan)["compile_s"])
+        med = [statistics.median(x) for x in secs]
+        for shape, m in zip(shapes, med):
+            out.append({"name": f"compile/{shape.name}" + ("/scan" if scan else ""), "tokens_per_s": None,
+                        "step_ms": None, "mfu": None, "compile_s": m})
+        out.append({"name": f"ratio/compile_{layers[1]}_vs_{layers[0]}_layers" + ("/scan" if scan else ""),
+                    "tokens_per_s": None, "step_ms": None, "mfu": None, "ratio": med[1] / med[0]})
     return out
 
 
@@ -182,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--no-torch", action="store_true", help="skip transformers' PyTorch model")
     p.add_argument("--compile", action="store_true", help="also compare 2- vs 12-layer compile time")
+    p.add_argument("--scan", action="store_true", help="also the float32 step with layers under lax.scan")
     p.add_argument("--fit", action="store_true", help="also the scaling-law fit: JAX grid vs scipy")
     args = p.parse_args(argv)
     import jax
@@ -203,11 +215,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"name": f"ratio/{shape.name}", "tokens_per_s": None, "step_ms": None, "mfu": None,
                          "float32_vs_torch": ours32["tokens_per_s"] / ref["tokens_per_s"],
                          "bfloat16_vs_torch": ours16["tokens_per_s"] / ref["tokens_per_s"]})
+    if args.scan:
+        rows.append(bench_ours(shape, steps=args.steps, peak=peak32, scan=True))
     if args.compile:
-        comp = bench_compile()
-        rows += comp
-        rows.append({"name": "ratio/compile_12_vs_2_layers", "tokens_per_s": None, "step_ms": None,
-                     "mfu": None, "ratio": comp[1]["compile_s"] / comp[0]["compile_s"]})
+        rows += bench_compile()
     if args.fit:
         from scaling_jax.scaling.bench_fit import run_bench
         for r in run_bench():

@@ -165,7 +165,7 @@ class BertEncoder(nn.Module):
     config: BertConfig
     dtype: Dtype = jnp.float32
     remat: bool | str = False  # True = recompute layers in the backward pass; or a REMAT_POLICIES name
-    scan: bool = True
+    scan: bool = False
 
     @nn.compact
     def __call__(self, x_BxLxD, mask_Bx1x1xL, train: bool):
@@ -234,7 +234,7 @@ class BertModel(nn.Module):
     num_labels: int | None = None
     dtype: Dtype = jnp.float32
     remat: bool | str = False  # True = recompute layers in the backward pass; or a REMAT_POLICIES name
-    scan: bool = True  # run the layers under lax.scan (same params; compile time flat in depth)
+    scan: bool = False  # run the layers under lax.scan (same params; compile time flat in depth)
 
     @nn.compact
     def __call__(self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, *, train: bool = False):

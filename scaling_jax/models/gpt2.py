@@ -152,7 +152,7 @@ class GPT2Model(nn.Module):
     num_labels: int | None = None
     dtype: Dtype = jnp.float32
     remat: bool | str = False  # True = recompute layers in the backward pass; or a REMAT_POLICIES name
-    scan: bool = True  # run the blocks under lax.scan (same params; compile time flat in depth)
+    scan: bool = False  # run the blocks under lax.scan (same params; compile time flat in depth)
 
     @nn.compact
     def __call__(self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, *, train: bool = False):

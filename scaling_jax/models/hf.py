@@ -426,7 +426,7 @@ def _read_config(model_dir: Path) -> dict:
 
 def load_pretrained(path: str | os.PathLike, task: str = "base", num_labels: int | None = None,
                     id2label: dict | None = None, dtype: Any = jnp.float32, remat: bool | str = False,
-                    seed: int = 0, scan_layers: bool = True) -> Pretrained:
+                    seed: int = 0, scan_layers: bool = False) -> Pretrained:
     """Our model for `task`, with weights from a local HF directory (or alias such as "minilm-l6").
 
     Keys may carry the base-model prefix (`bert.`, `transformer.`) or not. A head the checkpoint
@@ -455,7 +455,7 @@ def load_pretrained(path: str | os.PathLike, task: str = "base", num_labels: int
 
 
 def init_model(config, task: str, num_labels: int | None = None, seed: int = 0, dtype: Any = jnp.float32,
-               remat: bool | str = False, id2label: dict | None = None, scan_layers: bool = True) -> Pretrained:
+               remat: bool | str = False, id2label: dict | None = None, scan_layers: bool = False) -> Pretrained:
     """A model initialised from scratch (HF's init: N(0, initializer_range), zero biases)."""
     family = family_of(config)
     _check_task(family, config, task, type(config).__name__)
