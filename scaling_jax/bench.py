@@ -122,7 +122,8 @@ def bench_ours(shape: Shape, *, dtype: str = "float32", steps: int = 20, warmup:
         n_matmul += shape.vocab * shape.hidden
     tokens = shape.batch * shape.seq
     flops = model_flops_per_token(shape, n_matmul) * tokens
-    out = {"name": f"ours/{shape.name}/{dtype}" + ("/scan" if scan else ""), "tokens_per_s": tokens / sec, "step_ms": sec * 1e3,
+    out = {"name": f"ours/{shape.name}/{dtype}" + ("/scan" if scan else ""),
+           "tokens_per_s": tokens / sec, "step_ms": sec * 1e3,
            "compile_s": compile_s, "model_tflop_per_step": flops / 1e12,
            "temp_mib": getattr(mem, "temp_size_in_bytes", 0) / 2**20 if mem else None,
            "mfu": flops / sec / peak if peak else None}

@@ -283,5 +283,6 @@ def check_heads(hidden: int, heads: int, what: str) -> None:
 
 
 __all__ = ["ACTIVATIONS", "activation", "dense", "layer_norm", "embed", "tied_logits", "Dropout", "dropout_mask",
-           "padding_mask", "causal_mask", "run_layers", "remat_policy", "REMAT_POLICIES", "attend", "head_scale", "positions", "config_from_hf_dict",
+           "padding_mask", "causal_mask", "run_layers", "remat_policy", "REMAT_POLICIES", "matmul_acc32", "Dense",
+           "attend", "head_scale", "positions", "config_from_hf_dict",
            "config_to_hf_dict"]

@@ -246,8 +246,8 @@ class BertModel(nn.Module):
             raise ValueError(f"BERT task {self.task!r} needs num_labels")
         embeddings = BertEmbeddings(c, self.dtype, name="embeddings")
         x_BxLxD = embeddings(input_ids_BxL, token_type_ids_BxL, train)
-        x_BxLxD = BertEncoder(c, self.dtype, self.remat, self.scan, name="encoder")(x_BxLxD, padding_mask(attention_mask_BxL),
-                                                                         train)
+        encoder = BertEncoder(c, self.dtype, self.remat, self.scan, name="encoder")
+        x_BxLxD = encoder(x_BxLxD, padding_mask(attention_mask_BxL), train)
         if self.task == "base":
             if self.is_initializing():  # HF's BertModel has a pooler: create it so checkpoints round-trip
                 BertPooler(c, self.dtype, name="pooler")(x_BxLxD)

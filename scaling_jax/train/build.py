@@ -97,7 +97,8 @@ def build_model(cfg: Config, num_labels: int | None = None, id2label: dict | Non
     if model_dir is not None:
         return load_pretrained(model_dir, task=task, num_labels=num_labels if needs_labels else None,
                                id2label=id2label if needs_labels else None, dtype=dtype,
-                               remat=cfg.model.remat_policy or cfg.model.remat, seed=cfg.train.seed, scan_layers=cfg.model.scan_layers)
+                               remat=cfg.model.remat_policy or cfg.model.remat, seed=cfg.train.seed,
+                               scan_layers=cfg.model.scan_layers)
     m = cfg.model
     if m.family == "gpt2":
         mc = GPT2Config(vocab_size=m.vocab_size, n_positions=m.max_len, n_embd=m.d_model, n_layer=m.n_layers,
