@@ -108,7 +108,7 @@ def bench_ours(shape: Shape, *, dtype: str = "float32", steps: int = 20, warmup:
     compile_s = time.perf_counter() - t
     mem = compiled.memory_analysis()
     if steps == 0:  # compile only
-        return {"name": f"compile/{shape.name}" + ("/scan" if scan else ""), "compile_s": compile_s}
+        return {"compile_s": compile_s}
     holder = {"state": state}
 
     def run():

@@ -144,12 +144,14 @@ class Config:
         return Path(self.run.dir or f"runs/{self.run.name}")
 
 
+# jax.checkpoint_policies names accepted as `model.remat_policy` (models.attention.remat_policy).
+REMAT_POLICIES = ("nothing_saveable", "everything_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
+
 _CHOICES = {
     "model.family": ("gpt2", "bert"),
     "model.task": ("causal_lm", "token_classification", "sequence_classification", "masked_lm"),
     "model.dtype": ("float32", "bfloat16"),
-    "model.remat_policy": ("", "nothing_saveable", "everything_saveable", "dots_saveable",
-                           "dots_with_no_batch_dims_saveable"),
+    "model.remat_policy": ("", *REMAT_POLICIES),
     "data.kind": ("lm_text", "conll", "classification"),
     "train.early_stopping_mode": ("max", "min"),
     "train.nan_policy": ("stop", "skip"),

@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from scaling_jax.config import REMAT_POLICIES
+
 Dtype = Any
 
 # HF `hidden_act` / `activation_function` names (transformers/activations.py ACT2FN) -> jax.
@@ -149,9 +151,6 @@ class Dropout(nn.Module):
         return jnp.where(dropout_mask(self.make_rng("dropout"), keep, x.shape), x / keep, 0.0).astype(x.dtype)
 
 
-# Names from jax.checkpoint_policies usable as `remat` (a policy says which activations are kept
-# for the backward pass; the rest is recomputed).
-REMAT_POLICIES = ("nothing_saveable", "everything_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
 SCAN_DEFAULT_POLICY = "dots_with_no_batch_dims_saveable"
 
 
@@ -165,7 +164,7 @@ def remat_policy(remat: bool | str, scan: bool) -> str | None:
     """
     if remat is True:
         return "nothing_saveable"
-    if remat is False or remat is None or remat == "":
+    if not remat:
         return SCAN_DEFAULT_POLICY if scan else None
     if remat not in REMAT_POLICIES:
         raise ValueError(f"remat policy {remat!r} is not one of {', '.join(REMAT_POLICIES)} (or true / false)")
@@ -185,11 +184,11 @@ def run_layers(parent: nn.Module, layer_cls: type[nn.Module], layer_args: Callab
     `remat` picks the checkpoint policy of each layer (`remat_policy`).
     """
     scan = scan and n > 1 and not parent.is_initializing()
-    policy = remat_policy(remat, scan)
+    name = remat_policy(remat, scan)
+    policy = getattr(jax.checkpoint_policies, name) if name else None
     if not scan:
         # Linen counts self as argnum 0, so `train` (a Python bool, static) is argnum len(args) + 2.
-        cls = layer_cls if policy is None else nn.remat(
-            layer_cls, static_argnums=(len(args) + 2,), policy=getattr(jax.checkpoint_policies, policy))
+        cls = layer_cls if policy is None else nn.remat(layer_cls, static_argnums=(len(args) + 2,), policy=policy)
         for i in range(n):
             x = cls(*layer_args(i), name=f"{prefix}{i}")(x, *args, train)
         return x
@@ -203,7 +202,7 @@ def run_layers(parent: nn.Module, layer_cls: type[nn.Module], layer_args: Callab
         rngs = {"dropout": jax.random.fold_in(rng, i)} if rng is not None else {}
         return layer.apply({"params": layer_params}, h, *args, train, rngs=rngs), None
 
-    body = jax.checkpoint(body, prevent_cse=False, policy=getattr(jax.checkpoint_policies, policy))
+    body = jax.checkpoint(body, prevent_cse=False, policy=policy)
     x, _ = jax.lax.scan(body, x, (stacked, jnp.arange(n)))
     return x
 
