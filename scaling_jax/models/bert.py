@@ -146,8 +146,8 @@ class BertIntermediate(nn.Module):
     @nn.compact
     def __call__(self, x_BxLxD):
         c = self.config
-        h = dense(c.intermediate_size, ("embed", "mlp"), std=c.initializer_range, dtype=self.dtype, name="dense")
-        return activation(c.hidden_act)(h(x_BxLxD))
+        return dense(c.intermediate_size, ("embed", "mlp"), std=c.initializer_range, dtype=self.dtype, name="dense",
+                     act=c.hidden_act)(x_BxLxD)
 
 
 class BertLayer(nn.Module):

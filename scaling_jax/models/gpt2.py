@@ -116,8 +116,8 @@ class GPT2MLP(nn.Module):
     @nn.compact
     def __call__(self, x_BxLxD, train: bool):
         c = self.config
-        h = dense(c.inner_dim, ("embed", "mlp"), std=c.initializer_range, dtype=self.dtype, name="c_fc")(x_BxLxD)
-        h = activation(c.activation_function)(h)
+        h = dense(c.inner_dim, ("embed", "mlp"), std=c.initializer_range, dtype=self.dtype, name="c_fc",
+                  act=c.activation_function)(x_BxLxD)
         h = dense(c.n_embd, ("mlp", "embed"), std=c.initializer_range / math.sqrt(2 * c.n_layer), dtype=self.dtype,
                   name="c_proj")(h)
         return Dropout(c.resid_pdrop)(h, deterministic=not train)
