@@ -87,8 +87,20 @@ def _batch(shape: Shape, num_labels: int) -> dict[str, np.ndarray]:
     return batch
 
 
-def bench_ours(shape: Shape, *, dtype: str = "float32", steps: int = 20, warmup: int = 3,
-               dropout: float = 0.1, remat: bool | str = False, scan: bool = False, peak: float | None = None) -> dict:
+@dataclass
+class Contender:
+    """One benchmarked step: `run()` does one step and waits for it; `row` holds what is known
+    before timing (compile time, memory, FLOPs per step)."""
+    name: str
+    run: Callable[[], None]
+    flops: float
+    tokens: int
+    peak: float | None
+    row: dict
+
+
+def prepare_ours(shape: Shape, *, dtype: str = "float32", dropout: float = 0.1, remat: bool | str = False,
+                 scan: bool = False, peak: float | None = None, compile_only: bool = False) -> Contender | dict:
     import jax
     import jax.numpy as jnp
     import optax
@@ -106,32 +118,28 @@ def bench_ours(shape: Shape, *, dtype: str = "float32", steps: int = 20, warmup:
     t = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t
-    mem = compiled.memory_analysis()
-    if steps == 0:  # compile only
+    if compile_only:
         return {"compile_s": compile_s}
+    mem = compiled.memory_analysis()
     holder = {"state": state}
 
     def run():
         holder["state"], m = compiled(holder["state"], batch)
         m["train/loss"].block_until_ready()
 
-    sec = _median_time(run, steps, warmup)
     n_matmul = sum(int(np.prod(x.shape)) for path, x in jax.tree_util.tree_leaves_with_path(model.params)
                    if "kernel" in jax.tree_util.keystr(path))
-    if shape.family == "gpt2" or task == "masked_lm":  # tied LM head is a matmul too
+    if shape.family == "gpt2":  # tied LM head is a matmul too
         n_matmul += shape.vocab * shape.hidden
     tokens = shape.batch * shape.seq
-    flops = model_flops_per_token(shape, n_matmul) * tokens
-    out = {"name": f"ours/{shape.name}/{dtype}" + ("/scan" if scan else ""),
-           "tokens_per_s": tokens / sec, "step_ms": sec * 1e3,
-           "compile_s": compile_s, "model_tflop_per_step": flops / 1e12,
-           "temp_mib": getattr(mem, "temp_size_in_bytes", 0) / 2**20 if mem else None,
-           "mfu": flops / sec / peak if peak else None}
-    return out
+    name = f"ours/{shape.name}/{dtype}" + ("/scan" if scan else "")
+    return Contender(name, run, model_flops_per_token(shape, n_matmul) * tokens, tokens, peak,
+                     {"compile_s": compile_s,
+                      "model_tflop_per_step": model_flops_per_token(shape, n_matmul) * tokens / 1e12,
+                      "temp_mib": getattr(mem, "temp_size_in_bytes", 0) / 2**20 if mem else None})
 
 
-def bench_torch(shape: Shape, *, steps: int = 10, warmup: int = 2, dropout: float = 0.1,
-                peak: float | None = None) -> dict | None:
+def prepare_torch(shape: Shape, *, dropout: float = 0.1, peak: float | None = None) -> Contender | None:
     try:
         import torch
         import transformers
@@ -157,15 +165,47 @@ def bench_torch(shape: Shape, *, steps: int = 10, warmup: int = 2, dropout: floa
         model(**b).loss.backward()
         opt.step()
 
-    sec = _median_time(run, steps, warmup)
     tokens = shape.batch * shape.seq
     n_matmul = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embeddings" not in n
                    and not n.endswith(("wte.weight", "wpe.weight")))
     if shape.family == "gpt2":
         n_matmul += shape.vocab * shape.hidden
-    flops = model_flops_per_token(shape, n_matmul) * tokens
-    return {"name": f"torch/{shape.name}/float32", "tokens_per_s": tokens / sec, "step_ms": sec * 1e3,
-            "compile_s": 0.0, "mfu": flops / sec / peak if peak else None}
+    return Contender(f"torch/{shape.name}/float32", run, model_flops_per_token(shape, n_matmul) * tokens, tokens,
+                     peak, {"compile_s": 0.0})
+
+
+def time_interleaved(contenders: list[Contender], *, steps: int, warmup: int = 3, rounds: int = 5) -> list[dict]:
+    """Median step time of each contender, timed in `rounds` alternating blocks of steps.
+
+    On a shared machine the speed drifts by tens of percent within a minute; timing A's steps and
+    then B's puts that drift into the A/B ratio, alternating blocks spreads it over both.
+    """
+    for c in contenders:
+        for _ in range(warmup):
+            c.run()
+    times: dict[str, list[float]] = {c.name: [] for c in contenders}
+    per_round = max(1, -(-steps // rounds))
+    for _ in range(rounds):
+        for c in contenders:
+            for _ in range(per_round):
+                t = time.perf_counter()
+                c.run()
+                times[c.name].append(time.perf_counter() - t)
+    rows = []
+    for c in contenders:
+        sec = statistics.median(times[c.name])
+        rows.append({"name": c.name, "tokens_per_s": c.tokens / sec, "step_ms": sec * 1e3, **c.row,
+                     "mfu": c.flops / sec / c.peak if c.peak else None})
+    return rows
+
+
+def bench_ours(shape: Shape, *, dtype: str = "float32", steps: int = 20, warmup: int = 3,
+               dropout: float = 0.1, remat: bool | str = False, scan: bool = False, peak: float | None = None) -> dict:
+    """One of our train steps timed alone (`steps=0`: compile time only)."""
+    if steps == 0:
+        return prepare_ours(shape, dtype=dtype, dropout=dropout, remat=remat, scan=scan, compile_only=True)
+    c = prepare_ours(shape, dtype=dtype, dropout=dropout, remat=remat, scan=scan, peak=peak)
+    return time_interleaved([c], steps=steps, warmup=warmup, rounds=1)[0]
 
 
 def bench_compile(hidden: int = 256, layers: tuple[int, int] = (2, 12), repeats: int = 3) -> list[dict]:
@@ -206,18 +246,19 @@ def main(argv: list[str] | None = None) -> int:
     rows.append({"name": "matmul_peak", "device": device.device_kind, "float32_gflops": peak32 / 1e9,
                  "bfloat16_gflops": peak16 / 1e9, "tokens_per_s": None, "step_ms": None, "mfu": None})
     shape = PRESETS[args.preset]
-    ours32 = bench_ours(shape, steps=args.steps, peak=peak32)
-    ours16 = bench_ours(shape, dtype="bfloat16", steps=args.steps, peak=peak16)
-    rows += [ours32, ours16]
-    if not args.no_torch:
-        ref = bench_torch(shape, steps=max(args.steps // 2, 5), peak=peak32)
-        if ref is not None:
-            rows.append(ref)
-            rows.append({"name": f"ratio/{shape.name}", "tokens_per_s": None, "step_ms": None, "mfu": None,
-                         "float32_vs_torch": ours32["tokens_per_s"] / ref["tokens_per_s"],
-                         "bfloat16_vs_torch": ours16["tokens_per_s"] / ref["tokens_per_s"]})
+    contenders = [prepare_ours(shape, peak=peak32), prepare_ours(shape, dtype="bfloat16", peak=peak16)]
     if args.scan:
-        rows.append(bench_ours(shape, steps=args.steps, peak=peak32, scan=True))
+        contenders.append(prepare_ours(shape, peak=peak32, scan=True))
+    ref = None if args.no_torch else prepare_torch(shape, peak=peak32)
+    if ref is not None:
+        contenders.append(ref)
+    timed = time_interleaved(contenders, steps=args.steps)
+    rows += timed
+    if ref is not None:
+        tps = {r["name"]: r["tokens_per_s"] for r in timed}
+        rows.append({"name": f"ratio/{shape.name}", "tokens_per_s": None, "step_ms": None, "mfu": None,
+                     "float32_vs_torch": tps[contenders[0].name] / tps[ref.name],
+                     "bfloat16_vs_torch": tps[contenders[1].name] / tps[ref.name]})
     if args.compile:
         rows += bench_compile()
     if args.fit:
