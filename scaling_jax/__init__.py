@@ -16,6 +16,7 @@ _EXPORTS = {
     "train_step": "scaling_jax.train.step",
     "eval_step": "scaling_jax.train.step",
     "init_state": "scaling_jax.train.step",
+    "stack_layers": "scaling_jax.train.stacked",
     "make_mesh": "scaling_jax.mesh",
     "batch_sharding": "scaling_jax.mesh",
     "DEFAULT_RULES": "scaling_jax.mesh",

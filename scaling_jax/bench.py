@@ -109,7 +109,7 @@ def prepare_ours(shape: Shape, *, dtype: str = "float32", dropout: float = 0.1, 
     model = sj.init_model(_hf_config(shape, dropout), task=task, num_labels=9 if shape.family == "bert" else None,
                           dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32, remat=remat,
                           scan_layers=scan)
-    tx = optax.adamw(1e-4)
+    tx = sj.stack_layers(optax.adamw(1e-4)) if scan else optax.adamw(1e-4)
     mesh = sj.make_mesh(data=-1)
     state, state_sh = sj.init_state(model.params, model.logical_axes(), tx, mesh=mesh, rules=sj.DEFAULT_RULES)
     bsh = sj.batch_sharding(mesh)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -117,16 +118,35 @@ def shardings_from_logical(abstract: Any, logical: Any, mesh: Mesh, rules: Mappi
         abstract, logical, is_leaf=lambda x: isinstance(x, P))
 
 
+STAR = "*"  # the layer number in the keys of stacked optimizer state (train/stacked.py)
+
+
 def _dict_path(path: tuple) -> tuple:
     return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def _stacked_member_sharding(parts: tuple[str, ...], shape: tuple[int, ...],
+                             by_path: dict[tuple[str, ...], tuple[tuple[int, ...], Any]]) -> Any | None:
+    """For a leaf stacked by train/stacked.py `stack_layers` (a `name_*` key in its path, shape
+    [n, *param shape]): the sharding of a member, whose path matches with `*` as a number; else None."""
+    if not any(p.endswith("_" + STAR) for p in parts) or not shape:
+        return None
+    pattern = re.compile("^" + "/".join(re.escape(p).replace(re.escape(STAR), r"\d+") for p in parts) + "$")
+    for path, (pshape, sharding) in by_path.items():
+        if pshape == tuple(shape[1:]) and pattern.match("/".join(path)):
+            return sharding
+    return None
 
 
 def state_shardings_like_params(tree: Any, params_abstract: Any, params_sharding: Any, mesh: Mesh) -> Any:
     """Shardings for any tree holding copies of params (optimizer moments, LoRA, masked states).
 
-    A leaf whose dict-key path and shape equal a parameter's gets that parameter's sharding; all
-    other leaves (counts, scalars, optax states not shaped like params) are replicated. Matching by
-    path rather than by tree structure works for every optax combinator (partition, masked, chain).
+    A leaf whose dict-key path ends with a parameter's path and whose shape equals it gets that
+    parameter's sharding (the suffix match skips combinator keys such as optax.partition's
+    'train'); a leaf stacked by `stack_layers` (a `name_*` key, shape [n, *param shape]) gets its
+    members' sharding with the stacking axis unsplit; all other leaves (counts, scalars, optax
+    states not shaped like params) are replicated. Matching by path rather than by tree structure
+    works for every optax combinator (partition, masked, chain).
     """
     by_path = {}
     for (path, x), (_, s) in zip(jax.tree_util.tree_leaves_with_path(params_abstract),
@@ -135,9 +155,14 @@ def state_shardings_like_params(tree: Any, params_abstract: Any, params_sharding
     replicated = NamedSharding(mesh, P())
 
     def pick(path, x):
-        hit = by_path.get(_dict_path(path))
-        if hit is not None and hit[0] == tuple(getattr(x, "shape", ())):
-            return hit[1]
+        parts, shape = _dict_path(path), tuple(getattr(x, "shape", ()))
+        for k in range(len(parts)):
+            hit = by_path.get(parts[k:])
+            if hit is not None and hit[0] == shape:
+                return hit[1]
+            member = _stacked_member_sharding(parts[k:], shape, by_path)
+            if member is not None:
+                return NamedSharding(mesh, P(None, *member.spec))
         return replicated
 
     return jax.tree_util.tree_map_with_path(pick, tree)

@@ -37,10 +37,12 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int, *, lr: float | None = None,
-                   freeze_labels: Any = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(cfg: OptimConfig, total_steps: int, *, lr: float | None = None, freeze_labels: Any = None,
+                   stack_layers: bool = False) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """clip -> adamw/sgd on a schedule; with `freeze_labels` ('train'/'frozen' per leaf), frozen
-    leaves go through `optax.set_to_zero()` inside `optax.partition` and so carry no moments."""
+    leaves go through `optax.set_to_zero()` inside `optax.partition` and so carry no moments.
+    `stack_layers` (on with `model.scan_layers`) updates same-shaped per-layer leaves stacked
+    (train/stacked.py): same numbers, one update kernel per layer leaf kind instead of per layer."""
     schedule = make_schedule(cfg, total_steps, lr)
     if cfg.name == "adamw":
         core = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
@@ -48,6 +50,9 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, *, lr: float | None = Non
     else:
         core = optax.sgd(schedule, momentum=cfg.b1 or None)
     tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), core) if cfg.clip_norm > 0 else core
+    if stack_layers:
+        from scaling_jax.train.stacked import stack_layers as stacked
+        tx = stacked(tx)
     if freeze_labels is not None:
         from scaling_jax.train.freeze import make_optimizer_with_freeze
         tx = make_optimizer_with_freeze(tx, freeze_labels)

@@ -74,7 +74,8 @@ def open_session(cfg: Config, *, with_data: bool = True) -> Session:
     id2label = {i: n for i, n in enumerate(label_names)} or None
     model = build.build_model(cfg, num_labels=len(label_names) or None, id2label=id2label)
     trainable = build.make_trainable(cfg, model)
-    tx, schedule = make_optimizer(cfg.optim, cfg.train.steps, freeze_labels=trainable.freeze_labels)
+    tx, schedule = make_optimizer(cfg.optim, cfg.train.steps, freeze_labels=trainable.freeze_labels,
+                                  stack_layers=cfg.model.scan_layers)
     state, state_sh = init_state(trainable.tree, trainable.logical, tx, mesh=mesh, rules=rules,
                                  seed=cfg.train.seed)
     train_step = make_train_step(model, tx, mesh=mesh, state_sharding=state_sh, batch_sharding=bsh,
