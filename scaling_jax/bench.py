@@ -113,7 +113,7 @@ def prepare_ours(shape: Shape, *, dtype: str = "float32", dropout: float = 0.1, 
     mesh = sj.make_mesh(data=-1)
     state, state_sh = sj.init_state(model.params, model.logical_axes(), tx, mesh=mesh, rules=sj.DEFAULT_RULES)
     bsh = sj.batch_sharding(mesh)
-    step = sj.make_train_step(model, tx, mesh=mesh, state_sharding=state_sh, batch_sharding=bsh)
+    step = sj.make_train_step(model, tx, mesh=mesh, state_sharding=state_sh, batch_sharding=bsh, stack_layers=scan)
     batch = jax.device_put(_batch(shape, 9), bsh)
     t = time.perf_counter()
     compiled = step.lower(state, batch).compile()

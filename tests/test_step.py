@@ -54,7 +54,9 @@ def test_same_losses_and_params_on_1_device_2x2x2_and_data8():
                 # across reduction orders. It must stay at roundoff size.
                 assert np.abs(np.asarray(b)).max() < 1e-3, name
                 continue
-            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=0, err_msg=name)
+            # 3e-5 after 5 Adam steps at lr 1e-2 is 0.3% of one step: Adam divides by sqrt(v), so an
+            # element whose gradient is small next to roundoff moves by roundoff x lr / |g|.
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=3e-5, rtol=0, err_msg=name)
     assert l1[-1] < l1[0], "the loss should fall over 5 steps"
 
 

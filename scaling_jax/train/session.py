@@ -80,7 +80,8 @@ def open_session(cfg: Config, *, with_data: bool = True) -> Session:
                                  seed=cfg.train.seed)
     train_step = make_train_step(model, tx, mesh=mesh, state_sharding=state_sh, batch_sharding=bsh,
                                  grad_accum=cfg.train.grad_accum,
-                                 skip_nonfinite=cfg.train.nan_policy == "skip", param_fn=trainable.param_fn)
+                                 skip_nonfinite=cfg.train.nan_policy == "skip", param_fn=trainable.param_fn,
+                                 stack_layers=cfg.model.scan_layers)
     eval_step = make_eval_step(model, mesh=mesh, params_sharding=state_sh.params, batch_sharding=bsh,
                                param_fn=trainable.param_fn)
     return Session(cfg, mesh, rules, bsh, tokenizer, data, label_names, model, trainable, tx, schedule,

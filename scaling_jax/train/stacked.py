@@ -104,6 +104,12 @@ def _unstack(stacked: dict, layout) -> Any:
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+def stacked_norm(tree: Any) -> jax.Array:
+    """optax.tree.norm(tree) (the global L2 norm) with each layer group reduced as one stacked array."""
+    stacked = _stack(tree, _layout(tree))
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(stacked)))
+
+
 def stack_layers(inner: optax.GradientTransformation) -> optax.GradientTransformation:
     """`inner` applied to per-layer leaves stacked by group (see the module docstring)."""
 
@@ -119,4 +125,4 @@ def stack_layers(inner: optax.GradientTransformation) -> optax.GradientTransform
     return optax.GradientTransformation(init, update)
 
 
-__all__ = ["stack_layers", "StackedState"]
+__all__ = ["stack_layers", "stacked_norm", "StackedState"]

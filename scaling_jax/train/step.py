@@ -37,13 +37,15 @@ def _split_micro(x_BxN: jax.Array, k: int) -> jax.Array:
 
 def train_step(state: TrainState, batch: Batch, *, apply_fn: Callable, loss_fn: Callable,
                tx: optax.GradientTransformation, grad_accum: int = 1, skip_nonfinite: bool = False,
-               param_fn: Callable = _identity) -> tuple[TrainState, Metrics]:
+               param_fn: Callable = _identity, stack_layers: bool = False) -> tuple[TrainState, Metrics]:
     """One optimizer update on a global batch, accumulated over `grad_accum` micro-batches.
 
     The loss is the mean over all counted targets of the whole batch (sum / count), so k micro-batches
     give the same loss and gradients as one big batch. `param_fn` maps the trained tree to the
     model's params (e.g. merging LoRA factors). With `skip_nonfinite`, a step whose loss or gradient
     is not finite leaves params and optimizer state unchanged (the step counter still advances).
+    `stack_layers` computes the gradient norm over stacked per-layer leaves (train/stacked.py), as
+    `stack_layers(tx)` does the update: same number, a few kernels instead of one per layer leaf.
     """
     rng = jax.random.fold_in(state.rng, state.step)  # a resumed run draws the same numbers
 
@@ -52,10 +54,14 @@ def train_step(state: TrainState, batch: Batch, *, apply_fn: Callable, loss_fn: 
         loss_sum, count, correct = loss_fn(logits, micro)
         return loss_sum, (count, correct)
 
-    grad_fn = jax.value_and_grad(sum_loss, has_aux=True)
     if grad_accum == 1:
-        (loss_sum, (count, correct)), grads = grad_fn(state.params, batch, rng)
+        def mean_loss(params):  # the count depends on labels only: dividing here saves a pass over grads
+            loss_sum, (count, correct) = sum_loss(params, batch, rng)
+            return loss_sum / jnp.maximum(count, 1.0), (count, correct)
+
+        (loss, (count, correct)), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)
     else:
+        grad_fn = jax.value_and_grad(sum_loss, has_aux=True)
         micro_batches = jax.tree.map(lambda x: _split_micro(x, grad_accum), batch)
 
         def body(carry, xs):
@@ -68,11 +74,14 @@ def train_step(state: TrainState, batch: Batch, *, apply_fn: Callable, loss_fn: 
         init = (zeros, jnp.float32(0), jnp.float32(0), jnp.float32(0))
         (grads, loss_sum, count, correct), _ = jax.lax.scan(
             body, init, (jnp.arange(grad_accum), micro_batches))
+        loss = loss_sum / jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
 
-    denom = jnp.maximum(count, 1.0)
-    loss = loss_sum / denom
-    grads = jax.tree.map(lambda g: g / denom, grads)
-    grad_norm = optax.tree.norm(grads)
+    if stack_layers:
+        from scaling_jax.train.stacked import stacked_norm
+        grad_norm = stacked_norm(grads)
+    else:
+        grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -80,7 +89,7 @@ def train_step(state: TrainState, batch: Batch, *, apply_fn: Callable, loss_fn: 
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
         params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    metrics = {"train/loss": loss, "train/accuracy": correct / denom, "train/grad_norm": grad_norm,
+    metrics = {"train/loss": loss, "train/accuracy": correct / jnp.maximum(count, 1.0), "train/grad_norm": grad_norm,
                "train/tokens": count, "train/finite": finite}
     return new_state, metrics
 
@@ -97,7 +106,7 @@ def eval_step(params: Any, batch: Batch, *, apply_fn: Callable, loss_fn: Callabl
 def make_train_step(model: Any, tx: optax.GradientTransformation, *, mesh: Mesh | None = None,
                     state_sharding: Any = None, batch_sharding: NamedSharding | None = None,
                     grad_accum: int = 1, skip_nonfinite: bool = False, param_fn: Callable = _identity,
-                    task: str | None = None, donate: bool = True) -> Callable:
+                    task: str | None = None, donate: bool = True, stack_layers: bool = False) -> Callable:
     """`jax.jit(train_step)` bound to `model` (anything with `.apply` and `.task`) and `tx`.
 
     With `state_sharding` and `batch_sharding` (NamedShardings over `mesh`), inputs and outputs are
@@ -105,7 +114,8 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, *, mesh: Mesh 
     donated so an update needs no second copy of it.
     """
     fn = functools.partial(train_step, apply_fn=model.apply, loss_fn=loss_for_task(task or model.task),
-                           tx=tx, grad_accum=grad_accum, skip_nonfinite=skip_nonfinite, param_fn=param_fn)
+                           tx=tx, grad_accum=grad_accum, skip_nonfinite=skip_nonfinite, param_fn=param_fn,
+                           stack_layers=stack_layers)
     kwargs: dict[str, Any] = {"donate_argnums": (0,) if donate else ()}
     if state_sharding is not None:
         replicated = NamedSharding(mesh, jax.sharding.PartitionSpec()) if mesh is not None else None
