@@ -127,10 +127,23 @@ def layer_norm(epsilon: float, *, dtype: Dtype, name: str) -> nn.LayerNorm:
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)))
 
 
+class Embed(nn.Embed):
+    """nn.Embed (same param, `attend`) whose lookup gathers float32 rows and then casts them.
+
+    nn.Embed casts the whole table to `dtype` before the gather, so bf16 compute converts all
+    30522 x 256 rows every step and scatters the gradient into a bf16 table that is then
+    converted back; gathering first touches only the looked-up rows and accumulates the gradient of
+    repeated tokens in float32. Identical in float32.
+    """
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding, inputs, axis=0).astype(self.dtype)
+
+
 def embed(num: int, features: int, axes: tuple[str | None, str | None], *, std: float, dtype: Dtype,
-          name: str) -> nn.Embed:
-    return nn.Embed(num, features, dtype=dtype, param_dtype=jnp.float32, name=name,
-                    embedding_init=nn.with_logical_partitioning(nn.initializers.normal(std), axes))
+          name: str) -> Embed:
+    return Embed(num, features, dtype=dtype, param_dtype=jnp.float32, name=name,
+                 embedding_init=nn.with_logical_partitioning(nn.initializers.normal(std), axes))
 
 
 def tied_logits(x_BxLxD: jax.Array, table_VxD: jax.Array, dtype: Dtype) -> jax.Array:
