@@ -40,7 +40,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     remat: bool = False  # recompute each layer's activations in the backward pass
     remat_policy: str = ""  # "" = by remat / scan_layers; else a jax.checkpoint_policies name (see README)
-    scan_layers: bool = False  # true: one compiled layer under lax.scan, compile time flat in depth
+    scan_layers: bool = False  # true: one compiled layer under lax.scan + optimizer over stacked layers (compile time)
     lora_rank: int = 0  # 0 = no LoRA
     lora_alpha: float = 16.0
     lora_targets: str = ""  # regex over param paths; "" = attention and MLP projections

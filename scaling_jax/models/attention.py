@@ -339,7 +339,6 @@ def check_heads(hidden: int, heads: int, what: str) -> None:
         raise ValueError(f"{what}: hidden size {hidden} is not divisible by {heads} attention heads")
 
 
-__all__ = ["ACTIVATIONS", "activation", "dense", "layer_norm", "embed", "tied_logits", "Dropout", "dropout_mask",
-           "threefry2x32", "padding_mask", "causal_mask", "run_layers", "remat_policy", "REMAT_POLICIES", "matmul_acc32", "Dense",
-           "attend", "head_scale", "positions", "config_from_hf_dict",
-           "config_to_hf_dict"]
+__all__ = ["ACTIVATIONS", "activation", "dense", "Dense", "matmul_acc32", "layer_norm", "embed", "Embed", "tied_logits",
+           "Dropout", "dropout_mask", "threefry2x32", "padding_mask", "causal_mask", "run_layers", "remat_policy",
+           "REMAT_POLICIES", "attend", "head_scale", "positions", "config_from_hf_dict", "config_to_hf_dict"]
