@@ -88,7 +88,7 @@ class Dense(nn.Module):
     std: float
     dtype: Dtype = jnp.float32
     use_bias: bool = True
-    activation: str | None = None  # an ACTIVATIONS name, applied in float32 before the cast to `dtype`
+    act: str | None = None  # an ACTIVATIONS name, applied in float32 before the cast to `dtype`
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -103,8 +103,8 @@ class Dense(nn.Module):
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (self.axes[1],)),
                               (self.features,), jnp.float32)
             y = y + bias
-        if self.activation is not None:
-            y = activation(self.activation)(y)
+        if self.act is not None:
+            y = activation(self.act)(y)
         return y.astype(self.dtype).reshape(*x.shape[:-1], self.features)
 
 
