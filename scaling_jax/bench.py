@@ -100,7 +100,7 @@ class Contender:
 
 
 def prepare_ours(shape: Shape, *, dtype: str = "float32", dropout: float = 0.1, remat: bool | str = False,
-                 scan: bool = False, peak: float | None = None, compile_only: bool = False) -> Contender | dict:
+                 scan: bool = False, peak: float | None = None) -> Contender:
     import jax
     import jax.numpy as jnp
     import optax
@@ -118,8 +118,6 @@ def prepare_ours(shape: Shape, *, dtype: str = "float32", dropout: float = 0.1, 
     t = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t
-    if compile_only:
-        return {"compile_s": compile_s}
     mem = compiled.memory_analysis()
     holder = {"state": state}
 
@@ -132,10 +130,10 @@ def prepare_ours(shape: Shape, *, dtype: str = "float32", dropout: float = 0.1, 
     if shape.family == "gpt2":  # tied LM head is a matmul too
         n_matmul += shape.vocab * shape.hidden
     tokens = shape.batch * shape.seq
+    flops = model_flops_per_token(shape, n_matmul) * tokens
     name = f"ours/{shape.name}/{dtype}" + ("/scan" if scan else "")
-    return Contender(name, run, model_flops_per_token(shape, n_matmul) * tokens, tokens, peak,
-                     {"compile_s": compile_s,
-                      "model_tflop_per_step": model_flops_per_token(shape, n_matmul) * tokens / 1e12,
+    return Contender(name, run, flops, tokens, peak,
+                     {"compile_s": compile_s, "model_tflop_per_step": flops / 1e12,
                       "temp_mib": getattr(mem, "temp_size_in_bytes", 0) / 2**20 if mem else None})
 
 
@@ -199,15 +197,6 @@ def time_interleaved(contenders: list[Contender], *, steps: int, warmup: int = 3
     return rows
 
 
-def bench_ours(shape: Shape, *, dtype: str = "float32", steps: int = 20, warmup: int = 3,
-               dropout: float = 0.1, remat: bool | str = False, scan: bool = False, peak: float | None = None) -> dict:
-    """One of our train steps timed alone (`steps=0`: compile time only)."""
-    if steps == 0:
-        return prepare_ours(shape, dtype=dtype, dropout=dropout, remat=remat, scan=scan, compile_only=True)
-    c = prepare_ours(shape, dtype=dtype, dropout=dropout, remat=remat, scan=scan, peak=peak)
-    return time_interleaved([c], steps=steps, warmup=warmup, rounds=1)[0]
-
-
 def bench_compile(hidden: int = 256, layers: tuple[int, int] = (2, 12), repeats: int = 3) -> list[dict]:
     """Train-step compile time at two depths (median of `repeats` fresh compiles, interleaved),
     layers unrolled and under lax.scan, with the ratios."""
@@ -217,7 +206,7 @@ def bench_compile(hidden: int = 256, layers: tuple[int, int] = (2, 12), repeats:
         secs: list[list[float]] = [[], []]
         for _ in range(repeats):
             for j, shape in enumerate(shapes):
-                secs[j].append(bench_ours(shape, steps=0, scan=scan)["compile_s"])
+                secs[j].append(prepare_ours(shape, scan=scan).row["compile_s"])
         med = [statistics.median(x) for x in secs]
         for shape, m in zip(shapes, med):
             out.append({"name": f"compile/{shape.name}" + ("/scan" if scan else ""), "tokens_per_s": None,

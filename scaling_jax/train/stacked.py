@@ -106,8 +106,7 @@ def _unstack(stacked: dict, layout) -> Any:
 
 def stacked_norm(tree: Any) -> jax.Array:
     """optax.tree.norm(tree) (the global L2 norm) with each layer group reduced as one stacked array."""
-    stacked = _stack(tree, _layout(tree))
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(stacked)))
+    return optax.tree.norm(_stack(tree, _layout(tree)))
 
 
 def stack_layers(inner: optax.GradientTransformation) -> optax.GradientTransformation:

@@ -60,6 +60,7 @@ def train_step(state: TrainState, batch: Batch, *, apply_fn: Callable, loss_fn: 
             return loss_sum / jnp.maximum(count, 1.0), (count, correct)
 
         (loss, (count, correct)), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)
+        denom = jnp.maximum(count, 1.0)
     else:
         grad_fn = jax.value_and_grad(sum_loss, has_aux=True)
         micro_batches = jax.tree.map(lambda x: _split_micro(x, grad_accum), batch)
@@ -74,8 +75,9 @@ def train_step(state: TrainState, batch: Batch, *, apply_fn: Callable, loss_fn: 
         init = (zeros, jnp.float32(0), jnp.float32(0), jnp.float32(0))
         (grads, loss_sum, count, correct), _ = jax.lax.scan(
             body, init, (jnp.arange(grad_accum), micro_batches))
-        loss = loss_sum / jnp.maximum(count, 1.0)
-        grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
+        denom = jnp.maximum(count, 1.0)
+        loss = loss_sum / denom
+        grads = jax.tree.map(lambda g: g / denom, grads)
 
     if stack_layers:
         from scaling_jax.train.stacked import stacked_norm
@@ -89,7 +91,7 @@ def train_step(state: TrainState, batch: Batch, *, apply_fn: Callable, loss_fn: 
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
         params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    metrics = {"train/loss": loss, "train/accuracy": correct / jnp.maximum(count, 1.0), "train/grad_norm": grad_norm,
+    metrics = {"train/loss": loss, "train/accuracy": correct / denom, "train/grad_norm": grad_norm,
                "train/tokens": count, "train/finite": finite}
     return new_state, metrics
 
