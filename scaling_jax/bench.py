@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scan", action="store_true", help="also the float32 step with layers under lax.scan")
     p.add_argument("--fit", action="store_true", help="also the scaling-law fit: JAX grid vs scipy")
     args = p.parse_args(argv)
+    from scaling_jax.hostmem import keep_host_buffers
+    keep_host_buffers()  # the whole process, so torch's allocations get it too
     import jax
     rows: list[dict] = []
     device = jax.devices()[0]

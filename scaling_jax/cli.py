@@ -117,6 +117,8 @@ PASSTHROUGH = {"fit": _fit, "bench": _bench}  # verbs with their own argparse (f
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    from scaling_jax.hostmem import keep_host_buffers
+    keep_host_buffers()  # before jax runs anything (notes/PERFORMANCE.md, entry 17)
     if argv and argv[0] in PASSTHROUGH:
         return PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
     args = make_parser().parse_args(argv)

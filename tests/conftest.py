@@ -7,6 +7,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from scaling_jax.hostmem import keep_host_buffers  # noqa: E402  (imports no jax)
+
+keep_host_buffers()
+
 from pathlib import Path
 
 import pytest
