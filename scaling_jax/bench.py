@@ -172,29 +172,43 @@ def prepare_torch(shape: Shape, *, dropout: float = 0.1, peak: float | None = No
                      peak, {"compile_s": 0.0})
 
 
-def time_interleaved(contenders: list[Contender], *, steps: int, warmup: int = 3, rounds: int = 5) -> list[dict]:
+def time_interleaved(contenders: list[Contender], *, steps: int, warmup: int = 3,
+                     rounds: int = 10) -> tuple[list[dict], dict[str, list[float]]]:
     """Median step time of each contender, timed in `rounds` alternating blocks of steps.
 
     On a shared machine the speed drifts by tens of percent within a minute; timing A's steps and
-    then B's puts that drift into the A/B ratio, alternating blocks spreads it over both.
+    then B's puts that drift into the A/B ratio, alternating blocks spreads it over both. Returns
+    the rows and, per contender, the median step seconds of each round (for `paired_ratio`).
     """
     for c in contenders:
         for _ in range(warmup):
             c.run()
-    times: dict[str, list[float]] = {c.name: [] for c in contenders}
-    per_round = max(1, -(-steps // rounds))
+    times: dict[str, list[list[float]]] = {c.name: [] for c in contenders}
+    rounds = max(1, min(rounds, steps))
+    per_round = -(-steps // rounds)
     for _ in range(rounds):
         for c in contenders:
+            block = []
             for _ in range(per_round):
                 t = time.perf_counter()
                 c.run()
-                times[c.name].append(time.perf_counter() - t)
+                block.append(time.perf_counter() - t)
+            times[c.name].append(block)
     rows = []
     for c in contenders:
-        sec = statistics.median(times[c.name])
+        sec = statistics.median(t for block in times[c.name] for t in block)
         rows.append({"name": c.name, "tokens_per_s": c.tokens / sec, "step_ms": sec * 1e3, **c.row,
                      "mfu": c.flops / sec / c.peak if c.peak else None})
-    return rows
+    return rows, {name: [statistics.median(b) for b in blocks] for name, blocks in times.items()}
+
+
+def paired_ratio(ref_round_s: list[float], ours_round_s: list[float]) -> float:
+    """Speed of ours over ref: the median over rounds of ref's / ours' step time in the same round.
+
+    Adjacent blocks see the same machine, so the per-round ratio cancels the drift that a ratio of
+    overall medians keeps when the machine is fast for one contender's good rounds.
+    """
+    return statistics.median(r / o for r, o in zip(ref_round_s, ours_round_s))
 
 
 def bench_compile(hidden: int = 256, layers: tuple[int, int] = (2, 12), repeats: int = 3) -> list[dict]:
@@ -220,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scaling-jax bench", description=__doc__)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--preset", choices=sorted(PRESETS), default="bert_small")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=40, help="timed steps per contender, in 10 alternating rounds")
     p.add_argument("--no-torch", action="store_true", help="skip transformers' PyTorch model")
     p.add_argument("--compile", action="store_true", help="also compare 2- vs 12-layer compile time")
     p.add_argument("--scan", action="store_true", help="also the float32 step with layers under lax.scan")
@@ -243,13 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     ref = None if args.no_torch else prepare_torch(shape, peak=peak32)
     if ref is not None:
         contenders.append(ref)
-    timed = time_interleaved(contenders, steps=args.steps)
+    timed, round_s = time_interleaved(contenders, steps=args.steps)
     rows += timed
-    if ref is not None:
-        tps = {r["name"]: r["tokens_per_s"] for r in timed}
+    if ref is not None:  # per-round paired ratios (`paired_ratio`), not a ratio of the medians above
         rows.append({"name": f"ratio/{shape.name}", "tokens_per_s": None, "step_ms": None, "mfu": None,
-                     "float32_vs_torch": tps[contenders[0].name] / tps[ref.name],
-                     "bfloat16_vs_torch": tps[contenders[1].name] / tps[ref.name]})
+                     "float32_vs_torch": paired_ratio(round_s[ref.name], round_s[contenders[0].name]),
+                     "bfloat16_vs_torch": paired_ratio(round_s[ref.name], round_s[contenders[1].name])})
     if args.compile:
         rows += bench_compile()
     if args.fit:

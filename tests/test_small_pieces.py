@@ -68,6 +68,17 @@ def test_bench_json_lines_carry_the_contract_keys():
     assert len(ours) == 2 and all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 for r in ours)
 
 
+def test_paired_ratio_is_the_per_round_ratio_under_drift():
+    from scaling_jax.bench import paired_ratio
+    drift = [1.0, 1.0, 1.0, 1.6, 1.6]  # the machine slows down for the last two rounds
+    ours = [0.5 * d for d in drift]
+    ref = [0.75 * d for d in drift]  # ours is 1.5x in every round
+    assert paired_ratio(ref, ours) == pytest.approx(1.5)
+    ref[1] *= 3  # one round where only ref was disturbed: the median over rounds ignores it
+    assert paired_ratio(ref, ours) == pytest.approx(1.5)
+    assert paired_ratio(ours, ref) == pytest.approx(1 / 1.5)
+
+
 def test_cli_bad_config_key_exits_non_zero_naming_the_key():
     out = subprocess.run([sys.executable, "-m", "scaling_jax.cli", "train", "configs/lm_tiny.yaml", "optim.lrr=1"],
                          capture_output=True, text=True, timeout=300,
