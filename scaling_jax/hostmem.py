@@ -39,19 +39,19 @@ def _jax_runs_on_cpu() -> bool:
     return importlib.util.find_spec("jax_plugins") is None
 
 
-def keep_host_buffers(*, force: bool = False) -> bool:
+def keep_host_buffers() -> bool:
     """Make glibc malloc keep large freed blocks (one arena, no mmap, no trim below 2 GiB).
 
     Call before jax runs anything. Returns whether the setting was applied: not on non-glibc
-    systems, not when an accelerator is in use (unless `force`), not when
-    SCALING_JAX_KEEP_HOST_BUFFERS=0.
+    systems, not when jax will use an accelerator (set JAX_PLATFORMS=cpu to run on the CPU of a
+    machine that has one), not when SCALING_JAX_KEEP_HOST_BUFFERS=0.
     """
     global _applied
     if _applied:
         return True
     if os.environ.get("SCALING_JAX_KEEP_HOST_BUFFERS", "1") == "0" or not sys.platform.startswith("linux"):
         return False
-    if not (force or _jax_runs_on_cpu()):
+    if not _jax_runs_on_cpu():
         return False
     try:
         libc = ctypes.CDLL(None)
