@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 
 # glibc <malloc.h> parameter numbers.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-_applied = False
 
 
 def _jax_runs_on_cpu() -> bool:
@@ -42,13 +41,11 @@ def _jax_runs_on_cpu() -> bool:
 def keep_host_buffers() -> bool:
     """Make glibc malloc keep large freed blocks (one arena, no mmap, no trim below 2 GiB).
 
-    Call before jax runs anything. Returns whether the setting was applied: not on non-glibc
-    systems, not when jax will use an accelerator (set JAX_PLATFORMS=cpu to run on the CPU of a
-    machine that has one), not when SCALING_JAX_KEEP_HOST_BUFFERS=0.
+    Call before jax runs anything; calling again is harmless. Returns whether the setting was
+    applied: not on non-glibc systems, not when jax will use an accelerator (set
+    JAX_PLATFORMS=cpu to run on the CPU of a machine that has one), not when
+    SCALING_JAX_KEEP_HOST_BUFFERS=0.
     """
-    global _applied
-    if _applied:
-        return True
     if os.environ.get("SCALING_JAX_KEEP_HOST_BUFFERS", "1") == "0" or not sys.platform.startswith("linux"):
         return False
     if not _jax_runs_on_cpu():
@@ -61,5 +58,4 @@ def keep_host_buffers() -> bool:
     ok = (mallopt(_M_ARENA_MAX, 1) == 1 and mallopt(_M_MMAP_MAX, 0) == 1
           and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1)
     log.debug("keep_host_buffers: mallopt %s", "applied" if ok else "refused")
-    _applied = ok
     return ok

@@ -7,7 +7,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from scaling_jax.hostmem import keep_host_buffers  # noqa: E402  (imports no jax)
+# Here, not at the top: it reads JAX_PLATFORMS (set above) and must run before jax computes
+# anything (notes/PERFORMANCE.md, entry 17). The module imports no jax.
+from scaling_jax.hostmem import keep_host_buffers  # noqa: E402
 
 keep_host_buffers()
 
