@@ -77,8 +77,7 @@ def matmul_acc32(x_MxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
     XLA:CPU runs bf16 x bf16 -> f32 GEMMs on the AMX/AVX512-BF16 path (~860 GFLOP/s here) but
     bf16 -> bf16 ones at the float32 rate (~140), and autodiff's transposed dots come out mixed
     (f32 cotangent x bf16 operand), which XLA upcasts. So the backward is spelled out: dx as
-    bf16 x bf16 -> f32; dw in float32, because a GEMM contracting both operands' rows takes
-    XLA:CPU's slow bf16 path (measured 10 ms vs 7 ms in f32, notes/PERFORMANCE.md).
+    bf16 x bf16 -> f32, and dw as `weight_grad` (below).
     """
     return jnp.dot(x_MxK, w_KxN, preferred_element_type=jnp.float32)
 
@@ -91,8 +90,38 @@ def _matmul_acc32_bwd(res, g_MxN):
     x_MxK, w_KxN = res
     dx = jax.lax.dot_general(g_MxN.astype(w_KxN.dtype), w_KxN, (((1,), (1,)), ((), ())),
                              preferred_element_type=jnp.float32)
-    dw = jax.lax.dot_general(x_MxK.astype(jnp.float32), g_MxN.astype(jnp.float32), (((0,), (0,)), ((), ())))
-    return dx.astype(x_MxK.dtype), dw.astype(w_KxN.dtype)
+    return dx.astype(x_MxK.dtype), weight_grad(x_MxK, g_MxN).astype(w_KxN.dtype)
+
+
+def weight_grad(x_MxK: jax.Array, g_MxN: jax.Array) -> jax.Array:
+    """xᵀ @ g in float32 for a bf16 `x`: the kernel gradient of `matmul_acc32`.
+
+    A dot contracting both operands' rows (xᵀ g) is one XLA:CPU runs on its float32 path
+    whatever the spelling: it folds any transpose, even one behind an elementwise op or an
+    optimization barrier, back into the dot, and upcasts such a bf16 dot to f32 (7.5 ms for the
+    2048x256 -> 1024 layer vs 1.8 ms for the same GEMM with xᵀ already row-major). On CPU xᵀ is
+    therefore materialised behind a conditional, which the folding does not cross
+    (`materialized_transpose`); the GEMM then runs as bf16 x bf16 -> f32 (3.0 ms with the copy,
+    notes/PERFORMANCE.md entry 22). Elsewhere it is the plain float32 dot.
+    """
+    def cpu(x, g):
+        return jnp.dot(materialized_transpose(x, g[0, 0]), g.astype(x.dtype), preferred_element_type=jnp.float32)
+
+    def other(x, g):
+        return jax.lax.dot_general(x.astype(jnp.float32), g.astype(jnp.float32), (((0,), (0,)), ((), ())))
+
+    return jax.lax.platform_dependent(x_MxK, g_MxN, cpu=cpu, default=other)
+
+
+def materialized_transpose(x_MxK: jax.Array, probe: jax.Array) -> jax.Array:
+    """x.T as its own row-major array, which XLA's transpose folding cannot push into a consumer.
+
+    The transpose sits in one branch of a conditional on `probe == probe`, a run-time scalar
+    the compiler cannot prove true. It is true unless `probe` is NaN; then the other branch
+    returns all-NaN: pass a `probe` from the same data, so a NaN there poisons the result anyway.
+    """
+    return jax.lax.cond(probe == probe, lambda x: x.T,
+                        lambda x: jnp.full(x.T.shape, jnp.nan, x.dtype), x_MxK)
 
 
 matmul_acc32.defvjp(_matmul_acc32_fwd, _matmul_acc32_bwd)
@@ -363,6 +392,6 @@ def check_heads(hidden: int, heads: int, what: str) -> None:
         raise ValueError(f"{what}: hidden size {hidden} is not divisible by {heads} attention heads")
 
 
-__all__ = ["ACTIVATIONS", "activation", "dense", "Dense", "matmul_acc32", "layer_norm", "embed", "Embed", "tied_logits",
+__all__ = ["ACTIVATIONS", "activation", "dense", "Dense", "matmul_acc32", "weight_grad", "materialized_transpose", "layer_norm", "embed", "Embed", "tied_logits",
            "Dropout", "dropout_mask", "threefry2x32", "padding_mask", "causal_mask", "run_layers", "remat_policy",
            "REMAT_POLICIES", "attend", "head_scale", "positions", "config_from_hf_dict", "config_to_hf_dict"]
