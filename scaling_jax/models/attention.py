@@ -93,6 +93,9 @@ def _matmul_acc32_bwd(res, g_MxN):
     return dx.astype(x_MxK.dtype), weight_grad(x_MxK, g_MxN).astype(w_KxN.dtype)
 
 
+matmul_acc32.defvjp(_matmul_acc32_fwd, _matmul_acc32_bwd)
+
+
 def weight_grad(x_MxK: jax.Array, g_MxN: jax.Array) -> jax.Array:
     """xᵀ @ g in float32 for a bf16 `x`: the kernel gradient of `matmul_acc32`.
 
@@ -100,12 +103,12 @@ def weight_grad(x_MxK: jax.Array, g_MxN: jax.Array) -> jax.Array:
     whatever the spelling: it folds any transpose, even one behind an elementwise op or an
     optimization barrier, back into the dot, and upcasts such a bf16 dot to f32 (7.5 ms for the
     2048x256 -> 1024 layer vs 1.8 ms for the same GEMM with xᵀ already row-major). On CPU xᵀ is
-    therefore materialised behind a conditional, which the folding does not cross
-    (`materialized_transpose`); the GEMM then runs as bf16 x bf16 -> f32 (3.0 ms with the copy,
-    notes/PERFORMANCE.md entry 22). Elsewhere it is the plain float32 dot.
+    therefore materialised (`materialized_transpose`) and the GEMM runs as bf16 x bf16 -> f32
+    (3.0 ms with the copy, notes/PERFORMANCE.md entry 22). Elsewhere it is the plain float32 dot.
     """
     def cpu(x, g):
-        return jnp.dot(materialized_transpose(x, g[0, 0]), g.astype(x.dtype), preferred_element_type=jnp.float32)
+        xT_KxM = _cond_transpose(x, (1, 0), g[0, 0])
+        return jnp.dot(xT_KxM, g.astype(x.dtype), preferred_element_type=jnp.float32)
 
     def other(x, g):
         return jax.lax.dot_general(x.astype(jnp.float32), g.astype(jnp.float32), (((0,), (0,)), ((), ())))
@@ -113,18 +116,82 @@ def weight_grad(x_MxK: jax.Array, g_MxN: jax.Array) -> jax.Array:
     return jax.lax.platform_dependent(x_MxK, g_MxN, cpu=cpu, default=other)
 
 
-def materialized_transpose(x_MxK: jax.Array, probe: jax.Array) -> jax.Array:
-    """x.T as its own row-major array, which XLA's transpose folding cannot push into a consumer.
+def materialized_transpose(x: jax.Array, axes: tuple[int, ...], probe: jax.Array) -> jax.Array:
+    """`jnp.transpose(x, axes)`; on CPU as its own row-major array that XLA cannot fold into a dot.
 
-    The transpose sits in one branch of a conditional on `probe == probe`, a run-time scalar
-    the compiler cannot prove true. It is true unless `probe` is NaN; then the other branch
-    returns all-NaN: pass a `probe` from the same data, so a NaN there poisons the result anyway.
+    XLA folds a transpose feeding a dot into the dot's dimension numbers; XLA:CPU then runs every
+    dot whose operands are not batch-leading, row-major NN/NT on its slow paths (bf16 upcast to
+    f32, Eigen instead of YNNPACK: 40-55 vs 170-180 GFLOP/s for the attention's batched GEMMs here).
+    On CPU the transpose therefore sits in a conditional on `probe == probe`, a run-time scalar the
+    compiler cannot prove true, so the folding does not cross it. It is true unless `probe` is NaN;
+    then the result is all NaN: pass an element of the same data, whose NaN poisons it anyway.
     """
-    return jax.lax.cond(probe == probe, lambda x: x.T,
-                        lambda x: jnp.full(x.T.shape, jnp.nan, x.dtype), x_MxK)
+    return jax.lax.platform_dependent(x, probe, cpu=lambda x, p: _cond_transpose(x, axes, p),
+                                      default=lambda x, p: jnp.transpose(x, axes))
 
 
-matmul_acc32.defvjp(_matmul_acc32_fwd, _matmul_acc32_bwd)
+def _cond_transpose(x, axes, probe):
+    return jax.lax.cond(probe == probe, lambda x: jnp.transpose(x, axes),
+                        lambda x: jnp.full(jnp.transpose(x, axes).shape, jnp.nan, x.dtype), x)
+
+
+def _first(x: jax.Array) -> jax.Array:
+    return x[(0,) * x.ndim]
+
+
+def _swap_last(x: jax.Array) -> jax.Array:
+    return materialized_transpose(x, (*range(x.ndim - 2), x.ndim - 1, x.ndim - 2), _first(x))
+
+
+@jax.custom_vjp
+def batched_matmul_nt(a_NxIxJ: jax.Array, b_NxKxJ: jax.Array) -> jax.Array:
+    """a @ bᵀ over leading batch axes, accumulated and returned in float32 (attention logits).
+
+    The backward is spelled out so every GEMM is a batch-leading NN or NT product of operands in
+    one dtype (autodiff's would be TN and mixed f32 x bf16): db = (g)ᵀ a with gᵀ materialised.
+    """
+    return jnp.einsum("...ij,...kj->...ik", a_NxIxJ, b_NxKxJ, preferred_element_type=jnp.float32)
+
+
+def _bmm_nt_fwd(a, b):
+    return batched_matmul_nt(a, b), (a, b)
+
+
+def _bmm_nt_bwd(res, g):
+    a, b = res
+    g = g.astype(a.dtype)
+    da = jnp.einsum("...ik,...kj->...ij", g, b, preferred_element_type=jnp.float32)
+    db = jnp.einsum("...ki,...ij->...kj", _swap_last(g), a, preferred_element_type=jnp.float32)
+    return da.astype(a.dtype), db.astype(b.dtype)
+
+
+batched_matmul_nt.defvjp(_bmm_nt_fwd, _bmm_nt_bwd)
+
+
+@jax.custom_vjp
+def batched_matmul(a_NxIxJ: jax.Array, b_NxJxK: jax.Array) -> jax.Array:
+    """a @ b over leading batch axes, accumulated and returned in float32 (probabilities x values).
+
+    Backward as in `batched_matmul_nt`: da = g bᵀ (NT), db = aᵀ g with aᵀ materialised (NN).
+    """
+    return jnp.einsum("...ij,...jk->...ik", a_NxIxJ, b_NxJxK, preferred_element_type=jnp.float32)
+
+
+def _bmm_fwd(a, b):
+    return batched_matmul(a, b), (a, b)
+
+
+def _bmm_bwd(res, g):
+    a, b = res
+    g = g.astype(a.dtype)
+    da = jnp.einsum("...ik,...jk->...ij", g, b, preferred_element_type=jnp.float32)
+    db = jnp.einsum("...ji,...ik->...jk", _swap_last(a), g, preferred_element_type=jnp.float32)
+    return da.astype(a.dtype), db.astype(b.dtype)
+
+
+batched_matmul.defvjp(_bmm_fwd, _bmm_bwd)
+
+
 
 
 class Dense(nn.Module):
@@ -342,21 +409,34 @@ def attend(q_BxLxD: jax.Array, k_BxLxD: jax.Array, v_BxLxD: jax.Array, mask_Bx1x
     training with it spells out the same math with a dropout mask between softmax and values.
     """
     B, L, D = q_BxLxD.shape
-    K = D // num_heads
-    split = lambda t: t.reshape(t.shape[0], t.shape[1], num_heads, K)
+    split = lambda t: t.reshape(B, L, num_heads, D // num_heads)
     q, k, v = split(q_BxLxD), split(k_BxLxD), split(v_BxLxD)
     if dropout_rng is None or dropout_rate == 0.0:
         out_BxLxHxK = jax.nn.dot_product_attention(q, k, v, mask=mask_Bx1xLxL, scale=scale)
-    else:
+    elif q.dtype == jnp.float32:
         logits_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32) * scale
-        if mask_Bx1xLxL is not None:
-            # Same fill value as jax.nn.dot_product_attention: finite, so fully masked rows stay finite.
-            logits_BxHxLxL = jnp.where(mask_Bx1xLxL, logits_BxHxLxL, -0.7 * jnp.finfo(jnp.float32).max)
-        probs = jax.nn.softmax(logits_BxHxLxL, axis=-1)
-        keep = dropout_mask(dropout_rng, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(v.dtype)
+        probs = _dropped_softmax(logits_BxHxLxL, mask_Bx1xLxL, dropout_rate, dropout_rng).astype(v.dtype)
         out_BxLxHxK = jnp.einsum("bhqs,bshk->bqhk", probs, v, preferred_element_type=jnp.float32).astype(v.dtype)
+    else:
+        # bf16: heads moved to the front as arrays of their own, so the batched GEMMs forward and
+        # backward are batch-leading NN/NT bf16 products, which XLA:CPU runs on its fast path
+        # (notes/PERFORMANCE.md entry 23; in float32 the copies cost what the GEMMs gain).
+        heads = lambda t: materialized_transpose(t, (0, 2, 1, 3), _first(t))
+        logits_BxHxLxL = batched_matmul_nt(heads(q), heads(k)) * scale
+        probs = _dropped_softmax(logits_BxHxLxL, mask_Bx1xLxL, dropout_rate, dropout_rng).astype(v.dtype)
+        out_BxHxLxK = batched_matmul(probs, heads(v)).astype(v.dtype)
+        out_BxLxHxK = materialized_transpose(out_BxHxLxK, (0, 2, 1, 3), _first(out_BxHxLxK))
     return out_BxLxHxK.reshape(B, L, D)
+
+
+def _dropped_softmax(logits_BxHxLxL: jax.Array, mask_Bx1xLxL: jax.Array | None, rate: float,
+                     rng: jax.Array) -> jax.Array:
+    if mask_Bx1xLxL is not None:
+        # Same fill value as jax.nn.dot_product_attention: finite, so fully masked rows stay finite.
+        logits_BxHxLxL = jnp.where(mask_Bx1xLxL, logits_BxHxLxL, -0.7 * jnp.finfo(jnp.float32).max)
+    probs = jax.nn.softmax(logits_BxHxLxL, axis=-1)
+    keep = dropout_mask(rng, 1.0 - rate, probs.shape)
+    return jnp.where(keep, probs / (1.0 - rate), 0.0)
 
 
 def head_scale(head_dim: int) -> float:
@@ -392,6 +472,7 @@ def check_heads(hidden: int, heads: int, what: str) -> None:
         raise ValueError(f"{what}: hidden size {hidden} is not divisible by {heads} attention heads")
 
 
-__all__ = ["ACTIVATIONS", "activation", "dense", "Dense", "matmul_acc32", "weight_grad", "materialized_transpose", "layer_norm", "embed", "Embed", "tied_logits",
+__all__ = ["ACTIVATIONS", "activation", "dense", "Dense", "matmul_acc32", "weight_grad", "materialized_transpose", "batched_matmul", "batched_matmul_nt",
+           "layer_norm", "embed", "Embed", "tied_logits",
            "Dropout", "dropout_mask", "threefry2x32", "padding_mask", "causal_mask", "run_layers", "remat_policy",
            "REMAT_POLICIES", "attend", "head_scale", "positions", "config_from_hf_dict", "config_to_hf_dict"]
