@@ -114,6 +114,23 @@ def test_batched_matmuls_match_float32_autodiff(fn, spec):
         np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=2**-8, atol=1e-6)
 
 
+
+@pytest.mark.parametrize("fn,shapes,spec", [(matmul_acc32, ((512, 256), (256, 256)), "ij,jk->ik"),
+                                            (batched_matmul_nt, ((4, 128, 64), (4, 128, 64)), "nij,nkj->nik"),
+                                            (batched_matmul, ((4, 128, 128), (4, 128, 64)), "nij,njk->nik")])
+def test_bf16_matmuls_compile_with_constant_cotangents(fn, shapes, spec):
+    """A constant cotangent lets XLA fold the materialising conditional's predicate; a bf16 dot
+    that the fold leaves transposed must not reach XLA:CPU's f32-only dot thunk (measured: without
+    the barrier on the probe, "Unsupported element type for DotThunk::Execute: BF16 x BF16 = F32")."""
+    a, b = (jax.random.normal(jax.random.PRNGKey(i), s).astype(jnp.bfloat16) for i, s in enumerate(shapes))
+    c = jax.random.normal(jax.random.PRNGKey(9), jnp.einsum(spec, a, b).shape)
+    ref = jax.grad(lambda x, z: jnp.sum(jnp.einsum(spec, x, z) * c), argnums=(0, 1))(a.astype(jnp.float32),
+                                                                                      b.astype(jnp.float32))
+    loss = lambda x, z: jnp.sum(fn(x, z).astype(jnp.bfloat16).astype(jnp.float32) * c)
+    got = jax.jit(jax.grad(loss, argnums=(0, 1)))(a, b)
+    for g, r in zip(got, ref):  # bf16-rounded cotangents: a loose match, the crash is the point
+        np.testing.assert_allclose(np.asarray(g, np.float32), r, rtol=5e-2, atol=5e-1)
+
 def test_bf16_attention_with_dropout_tracks_float32():
     """The bf16 dropout path (heads-first, hand-written backward) against the float32 einsum
     path on the same bf16-exact inputs and the same dropout bits."""

@@ -124,13 +124,17 @@ def materialized_transpose(x: jax.Array, axes: tuple[int, ...], probe: jax.Array
     f32, Eigen instead of YNNPACK: 40-55 vs 170-180 GFLOP/s for the attention's batched GEMMs here).
     On CPU the transpose therefore sits in a conditional on `probe == probe`, a run-time scalar the
     compiler cannot prove true, so the folding does not cross it. It is true unless `probe` is NaN;
-    then the result is all NaN: pass an element of the same data, whose NaN poisons it anyway.
+    then the result is all NaN: pass an element of the same data, whose NaN poisons it anyway. The
+    probe goes through an optimization barrier: a constant probe (a constant cotangent) would let
+    XLA fold the conditional after its dot-type decisions, leaving a transposed bf16 dot that
+    XLA:CPU's dot thunk refuses at run time (tested).
     """
     return jax.lax.platform_dependent(x, probe, cpu=lambda x, p: _cond_transpose(x, axes, p),
                                       default=lambda x, p: jnp.transpose(x, axes))
 
 
 def _cond_transpose(x, axes, probe):
+    probe = jax.lax.optimization_barrier(probe)
     return jax.lax.cond(probe == probe, lambda x: jnp.transpose(x, axes),
                         lambda x: jnp.full(jnp.transpose(x, axes).shape, jnp.nan, x.dtype), x)
 
