@@ -27,6 +27,9 @@ def test_dropout_mask_rate_and_independence(rate):
     # Neighbours (the two 16-bit halves of one threefry word) drop together at rate^2, as independent draws do.
     both = (dropped[0::2] & dropped[1::2]).mean()
     assert abs(both - rate**2) < 5 * np.sqrt(rate**2 * (1 - rate**2) / (n // 2))
+    # So do the mask's two halves, drawn from one threefry call's two output words.
+    both = (dropped[: n // 2] & dropped[n // 2:]).mean()
+    assert abs(both - rate**2) < 5 * np.sqrt(rate**2 * (1 - rate**2) / (n // 2))
 
 
 def test_dropout_mask_follows_the_key():
