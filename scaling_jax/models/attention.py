@@ -196,8 +196,6 @@ def _bmm_bwd(res, g):
 batched_matmul.defvjp(_bmm_fwd, _bmm_bwd)
 
 
-
-
 class Dense(nn.Module):
     """nn.Dense's params and math (kernel (in, out), bias (out,), computed in `dtype`), applied to the
     input flattened to 2-D.
@@ -411,7 +409,8 @@ def attend(q_BxLxD: jax.Array, k_BxLxD: jax.Array, v_BxLxD: jax.Array, mask_Bx1x
     Without dropout this is `jax.nn.dot_product_attention` (logits and softmax in float32; a query
     whose keys are all masked averages the values uniformly, never NaN). Attention-probability
     dropout (HF's `attention_probs_dropout_prob` / `attn_pdrop`) is not offered by that function, so
-    training with it spells out the same math with a dropout mask between softmax and values.
+    training with it spells out the same math with a dropout mask between softmax and values
+    (in bf16 with the heads moved first and a hand-written backward, `batched_matmul`).
     """
     B, L, D = q_BxLxD.shape
     split = lambda t: t.reshape(B, L, num_heads, D // num_heads)
@@ -477,7 +476,7 @@ def check_heads(hidden: int, heads: int, what: str) -> None:
         raise ValueError(f"{what}: hidden size {hidden} is not divisible by {heads} attention heads")
 
 
-__all__ = ["ACTIVATIONS", "activation", "dense", "Dense", "matmul_acc32", "weight_grad", "materialized_transpose", "batched_matmul", "batched_matmul_nt",
-           "layer_norm", "embed", "Embed", "tied_logits",
+__all__ = ["ACTIVATIONS", "activation", "dense", "Dense", "matmul_acc32", "weight_grad", "materialized_transpose",
+           "batched_matmul", "batched_matmul_nt", "layer_norm", "embed", "Embed", "tied_logits",
            "Dropout", "dropout_mask", "threefry2x32", "padding_mask", "causal_mask", "run_layers", "remat_policy",
            "REMAT_POLICIES", "attend", "head_scale", "positions", "config_from_hf_dict", "config_to_hf_dict"]
