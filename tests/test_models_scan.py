@@ -14,8 +14,8 @@ import pytest
 
 from scaling_jax.config import ConfigError, load_config
 from scaling_jax.models import BertConfig, GPT2Config, init_model
-from scaling_jax.models.attention import (attend, batched_matmul, batched_matmul_nt, materialized_transpose, matmul_acc32,
-                                          remat_policy, weight_grad)
+from scaling_jax.models.attention import (attend, batched_matmul, materialized_transpose, matmul_acc32, remat_policy,
+                                          weight_grad)
 
 BERT = BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
                   max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -96,6 +96,10 @@ def test_weight_grad_under_jit_matches_and_propagates_nan():
     y = jax.random.normal(kx, (2, 5, 3, 4))
     np.testing.assert_array_equal(t(y, (0, 2, 1, 3), y[0, 0, 0, 0]), jnp.transpose(y, (0, 2, 1, 3)))
     assert np.isnan(np.asarray(t(y, (0, 2, 1, 3), jnp.float32(jnp.nan)))).all()
+
+
+def batched_matmul_nt(a, b):
+    return batched_matmul(a, b, True)
 
 
 @pytest.mark.parametrize("fn,spec", [(batched_matmul_nt, "nhij,nhkj->nhik"), (batched_matmul, "nhij,nhjk->nhik")])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from functools import partial
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -147,49 +148,32 @@ def _swap_last(x: jax.Array) -> jax.Array:
     return materialized_transpose(x, (*range(x.ndim - 2), x.ndim - 1, x.ndim - 2), _first(x))
 
 
-@jax.custom_vjp
-def batched_matmul_nt(a_NxIxJ: jax.Array, b_NxKxJ: jax.Array) -> jax.Array:
-    """a @ bᵀ over leading batch axes, accumulated and returned in float32 (attention logits).
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def batched_matmul(a: jax.Array, b: jax.Array, b_transposed: bool = False) -> jax.Array:
+    """a @ b (a @ bᵀ with `b_transposed`) over leading batch axes, accumulated and returned in
+    float32: the attention's probabilities x values (logits).
 
     The backward is spelled out so every GEMM is a batch-leading NN or NT product of operands in
-    one dtype (autodiff's would be TN and mixed f32 x bf16): db = (g)ᵀ a with gᵀ materialised.
+    one dtype (autodiff's would be TN, and mixed f32 x bf16): the operand a TN product would
+    transpose is materialised (`materialized_transpose`) instead.
     """
-    return jnp.einsum("...ij,...kj->...ik", a_NxIxJ, b_NxKxJ, preferred_element_type=jnp.float32)
+    return jnp.einsum("...ij,...kj->...ik" if b_transposed else "...ij,...jk->...ik", a, b,
+                      preferred_element_type=jnp.float32)
 
 
-def _bmm_nt_fwd(a, b):
-    return batched_matmul_nt(a, b), (a, b)
+def _bmm_fwd(a, b, b_transposed):
+    return batched_matmul(a, b, b_transposed), (a, b)
 
 
-def _bmm_nt_bwd(res, g):
+def _bmm_bwd(b_transposed, res, g):
     a, b = res
     g = g.astype(a.dtype)
-    da = jnp.einsum("...ik,...kj->...ij", g, b, preferred_element_type=jnp.float32)
-    db = jnp.einsum("...ki,...ij->...kj", _swap_last(g), a, preferred_element_type=jnp.float32)
-    return da.astype(a.dtype), db.astype(b.dtype)
-
-
-batched_matmul_nt.defvjp(_bmm_nt_fwd, _bmm_nt_bwd)
-
-
-@jax.custom_vjp
-def batched_matmul(a_NxIxJ: jax.Array, b_NxJxK: jax.Array) -> jax.Array:
-    """a @ b over leading batch axes, accumulated and returned in float32 (probabilities x values).
-
-    Backward as in `batched_matmul_nt`: da = g bᵀ (NT), db = aᵀ g with aᵀ materialised (NN).
-    """
-    return jnp.einsum("...ij,...jk->...ik", a_NxIxJ, b_NxJxK, preferred_element_type=jnp.float32)
-
-
-def _bmm_fwd(a, b):
-    return batched_matmul(a, b), (a, b)
-
-
-def _bmm_bwd(res, g):
-    a, b = res
-    g = g.astype(a.dtype)
-    da = jnp.einsum("...ik,...jk->...ij", g, b, preferred_element_type=jnp.float32)
-    db = jnp.einsum("...ji,...ik->...jk", _swap_last(a), g, preferred_element_type=jnp.float32)
+    if b_transposed:  # c = a bᵀ: da = g b, db = gᵀ a
+        da = jnp.einsum("...ik,...kj->...ij", g, b, preferred_element_type=jnp.float32)
+        db = jnp.einsum("...ki,...ij->...kj", _swap_last(g), a, preferred_element_type=jnp.float32)
+    else:  # c = a b: da = g bᵀ, db = aᵀ g
+        da = jnp.einsum("...ik,...jk->...ij", g, b, preferred_element_type=jnp.float32)
+        db = jnp.einsum("...ji,...ik->...jk", _swap_last(a), g, preferred_element_type=jnp.float32)
     return da.astype(a.dtype), db.astype(b.dtype)
 
 
@@ -426,7 +410,7 @@ def attend(q_BxLxD: jax.Array, k_BxLxD: jax.Array, v_BxLxD: jax.Array, mask_Bx1x
         # backward are batch-leading NN/NT bf16 products, which XLA:CPU runs on its fast path
         # (notes/PERFORMANCE.md entry 23; in float32 the copies cost what the GEMMs gain).
         heads = lambda t: materialized_transpose(t, (0, 2, 1, 3), _first(t))
-        logits_BxHxLxL = batched_matmul_nt(heads(q), heads(k)) * scale
+        logits_BxHxLxL = batched_matmul(heads(q), heads(k), True) * scale
         probs = _dropped_softmax(logits_BxHxLxL, mask_Bx1xLxL, dropout_rate, dropout_rng).astype(v.dtype)
         out_BxHxLxK = batched_matmul(probs, heads(v)).astype(v.dtype)
         out_BxLxHxK = materialized_transpose(out_BxHxLxK, (0, 2, 1, 3), _first(out_BxHxLxK))
@@ -477,6 +461,6 @@ def check_heads(hidden: int, heads: int, what: str) -> None:
 
 
 __all__ = ["ACTIVATIONS", "activation", "dense", "Dense", "matmul_acc32", "weight_grad", "materialized_transpose",
-           "batched_matmul", "batched_matmul_nt", "layer_norm", "embed", "Embed", "tied_logits",
+           "batched_matmul", "layer_norm", "embed", "Embed", "tied_logits",
            "Dropout", "dropout_mask", "threefry2x32", "padding_mask", "causal_mask", "run_layers", "remat_policy",
            "REMAT_POLICIES", "attend", "head_scale", "positions", "config_from_hf_dict", "config_to_hf_dict"]
