@@ -1,8 +1,8 @@
-"""Layers under lax.scan, remat policies and the bf16 matmul: same numbers as the plain forms.
+"""Layers under lax.scan, remat policies and the bf16 matmuls: same numbers as the plain forms.
 
 The scanned model keeps the per-layer param tree, so the reference is the unrolled model applied
-to the very same params; the bf16 matmul's hand-written backward is checked against autodiff of
-the same product computed in float32.
+to the very same params; the bf16 matmuls' hand-written backwards (dense, batched, attention) are
+checked against autodiff of the same products computed in float32.
 """
 import dataclasses
 
@@ -118,7 +118,6 @@ def test_batched_matmuls_match_float32_autodiff(fn, spec):
         np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=2**-8, atol=1e-6)
 
 
-
 @pytest.mark.parametrize("fn,shapes,spec", [(matmul_acc32, ((512, 256), (256, 256)), "ij,jk->ik"),
                                             (batched_matmul_nt, ((4, 128, 64), (4, 128, 64)), "nij,nkj->nik"),
                                             (batched_matmul, ((4, 128, 128), (4, 128, 64)), "nij,njk->nik")])
@@ -134,6 +133,7 @@ def test_bf16_matmuls_compile_with_constant_cotangents(fn, shapes, spec):
     got = jax.jit(jax.grad(loss, argnums=(0, 1)))(a, b)
     for g, r in zip(got, ref):  # bf16-rounded cotangents: a loose match, the crash is the point
         np.testing.assert_allclose(np.asarray(g, np.float32), r, rtol=5e-2, atol=5e-1)
+
 
 def test_bf16_attention_with_dropout_tracks_float32():
     """The bf16 dropout path (heads-first, hand-written backward) against the float32 einsum
