@@ -7,10 +7,12 @@ import sys
 import pytest
 
 # A 100 MB temp (the [5000, 5000] product cannot fuse into the next dot), run 11 times; prints the
-# median minor page faults per call and whether the setting was applied. (The median: now and then
-# the heap has a small block in the way and one call maps fresh pages.)
+# median minor page faults per call and whether the setting was applied. XLA frees an execution's
+# temp on its own thread a moment after the result is ready, so a call made at once can find the
+# last temp not yet freed and map a second one (seen as 1-5 faulting calls in 40 back to back, more
+# on a loaded machine; none with the pause). The pause before each call tests the allocator alone.
 SCRIPT = r"""
-import json, resource, statistics
+import json, resource, statistics, time
 from scaling_jax.hostmem import keep_host_buffers
 applied = keep_host_buffers()
 import jax, jax.numpy as jnp
@@ -18,6 +20,7 @@ f = jax.jit(lambda x, w, v: (x @ w) @ v)
 x, w, v = jnp.ones((5000, 8)), jnp.ones((8, 5000)), jnp.ones((5000,))
 faults = []
 for _ in range(12):
+    time.sleep(0.05)
     r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x, w, v).block_until_ready()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
