@@ -66,6 +66,37 @@ def test_bench_json_lines_carry_the_contract_keys():
     assert all({"name", "tokens_per_s", "step_ms", "mfu"} <= set(r) for r in rows)
     ours = [r for r in rows if r["name"].startswith("ours/")]
     assert len(ours) == 2 and all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 for r in ours)
+    peak = next(r for r in rows if r["name"] == "matmul_peak")
+    assert peak["bf16_dots"] in ("native", "emulated", "unknown") and peak["cpu"]
+
+
+def test_cpu_info_reads_bf16_dot_support_from_cpuinfo():
+    from scaling_jax.bench import cpu_info
+    intel = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C\nflags\t\t: fpu avx512f amx_bf16 avx512_bf16\n"
+    amd = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 fma avx512f\n"  # avx512f: no bf16
+    arm = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\nCPU implementer\t: 0x41\n"
+    assert cpu_info(intel) == {"cpu": "Intel(R) Xeon(R) Platinum 8481C", "bf16_dots": "native"}
+    assert cpu_info(amd) == {"cpu": "AMD EPYC", "bf16_dots": "emulated"}
+    assert cpu_info(arm)["bf16_dots"] == "native"
+    assert cpu_info("")["bf16_dots"] == "unknown"
+
+
+def test_bf16_compute_on_a_cpu_without_bf16_dots_warns(monkeypatch, caplog):
+    import scaling_jax.bench as bench
+    from scaling_jax.config import config_from_dict
+    from scaling_jax.train.build import build_model
+    monkeypatch.setattr(bench, "cpu_info", lambda: {"cpu": "Old CPU", "bf16_dots": "emulated"})
+    cfg = config_from_dict({"run": {"name": "t"}, "model": {"family": "gpt2", "task": "causal_lm", "vocab_size": 64,
+                                                            "d_model": 16, "n_layers": 1, "n_heads": 2, "max_len": 8},
+                            "data": {"kind": "lm_text"}}, ["model.dtype=bfloat16"])
+    with caplog.at_level("WARNING"):
+        build_model(cfg)
+    assert any("Old CPU" in r.getMessage() and "slower than float32" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    monkeypatch.setattr(bench, "cpu_info", lambda: {"cpu": "New CPU", "bf16_dots": "native"})
+    with caplog.at_level("WARNING"):
+        build_model(cfg)
+    assert not any("bfloat16" in r.getMessage() for r in caplog.records)
 
 
 def test_paired_ratio_is_the_per_round_ratio_under_drift():
