@@ -10,7 +10,8 @@ import pytest
 # median minor page faults per call and whether the setting was applied. XLA frees an execution's
 # temp on its own thread a moment after the result is ready, so a call made at once can find the
 # last temp not yet freed and map a second one (seen as 1-5 faulting calls in 40 back to back, more
-# on a loaded machine; none with the pause). The pause before each call tests the allocator alone.
+# on a loaded machine; with the pause, none after the second call). The pause before each call
+# tests the allocator alone.
 SCRIPT = r"""
 import json, resource, statistics, time
 from scaling_jax.hostmem import keep_host_buffers
