@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import time
@@ -48,35 +47,6 @@ def _median_time(fn: Callable[[], Any], steps: int, warmup: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
-
-
-# CPU flags that mean bf16 dot products run in hardware: x86 (Cooper Lake+, Zen 4+; Sapphire Rapids'
-# AMX), and the Arm BF16 extension (/proc/cpuinfo "Features": bf16).
-BF16_DOT_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
-
-
-def cpu_info(cpuinfo: str | None = None) -> dict[str, str]:
-    """The host CPU's model and whether it has bf16 dot instructions, from /proc/cpuinfo text.
-
-    `bf16_dots` is "native", "emulated" (XLA widens bf16 to f32 for the dot: bf16 compute is then
-    slower than float32, measured 97 vs 115 GFLOP/s on an AMD EPYC without them) or "unknown"
-    (no flags line, e.g. not Linux).
-    """
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            cpuinfo = ""
-    fields: dict[str, str] = {}
-    for line in cpuinfo.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            fields.setdefault(key.strip().lower(), value.strip())
-    flags = fields.get("flags", fields.get("features"))
-    bf16 = "unknown" if flags is None else "native" if BF16_DOT_FLAGS & set(flags.split()) else "emulated"
-    return {"cpu": fields.get("model name") or platform.processor() or platform.machine() or "unknown",
-            "bf16_dots": bf16}
 
 
 def matmul_peak(dtype: str = "float32", n: int = 2048, steps: int = 10) -> float:
@@ -270,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scan", action="store_true", help="also the float32 step with layers under lax.scan")
     p.add_argument("--fit", action="store_true", help="also the scaling-law fit: JAX grid vs scipy")
     args = p.parse_args(argv)
-    from scaling_jax.hostmem import keep_host_buffers
+    from scaling_jax.hostmem import cpu_info, keep_host_buffers
     keep_host_buffers()  # the whole process, so torch's allocations get it too
     import jax
     rows: list[dict] = []

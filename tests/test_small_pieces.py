@@ -71,7 +71,7 @@ def test_bench_json_lines_carry_the_contract_keys():
 
 
 def test_cpu_info_reads_bf16_dot_support_from_cpuinfo():
-    from scaling_jax.bench import cpu_info
+    from scaling_jax.hostmem import cpu_info
     intel = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C\nflags\t\t: fpu avx512f amx_bf16 avx512_bf16\n"
     amd = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 fma avx512f\n"  # avx512f: no bf16
     arm = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\nCPU implementer\t: 0x41\n"
@@ -82,10 +82,10 @@ def test_cpu_info_reads_bf16_dot_support_from_cpuinfo():
 
 
 def test_bf16_compute_on_a_cpu_without_bf16_dots_warns(monkeypatch, caplog):
-    import scaling_jax.bench as bench
+    import scaling_jax.hostmem as hostmem
     from scaling_jax.config import config_from_dict
     from scaling_jax.train.build import build_model
-    monkeypatch.setattr(bench, "cpu_info", lambda: {"cpu": "Old CPU", "bf16_dots": "emulated"})
+    monkeypatch.setattr(hostmem, "cpu_info", lambda: {"cpu": "Old CPU", "bf16_dots": "emulated"})
     cfg = config_from_dict({"run": {"name": "t"}, "model": {"family": "gpt2", "task": "causal_lm", "vocab_size": 64,
                                                             "d_model": 16, "n_layers": 1, "n_heads": 2, "max_len": 8},
                             "data": {"kind": "lm_text"}}, ["model.dtype=bfloat16"])
@@ -93,7 +93,7 @@ def test_bf16_compute_on_a_cpu_without_bf16_dots_warns(monkeypatch, caplog):
         build_model(cfg)
     assert any("Old CPU" in r.getMessage() and "slower than float32" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    monkeypatch.setattr(bench, "cpu_info", lambda: {"cpu": "New CPU", "bf16_dots": "native"})
+    monkeypatch.setattr(hostmem, "cpu_info", lambda: {"cpu": "New CPU", "bf16_dots": "native"})
     with caplog.at_level("WARNING"):
         build_model(cfg)
     assert not any("bfloat16" in r.getMessage() for r in caplog.records)

@@ -91,7 +91,7 @@ def build_model(cfg: Config, num_labels: int | None = None, id2label: dict | Non
     from scaling_jax.models import BertConfig, GPT2Config, init_model, load_pretrained
     dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
     if dtype == jnp.bfloat16 and jax.default_backend() == "cpu":
-        from scaling_jax.bench import cpu_info
+        from scaling_jax.hostmem import cpu_info
         info = cpu_info()
         if info["bf16_dots"] == "emulated":
             log.warning("model.dtype=bfloat16 on a CPU without bf16 dot instructions (%s): XLA emulates "
