@@ -8,6 +8,14 @@ import os
 import sys
 
 
+def _print_json(record: dict) -> None:
+    """One JSON line in one write: under jax.distributed on CPU, gloo prints its connection message
+    to the same stdout from another thread, and an unbuffered print() (local.sh sets
+    PYTHONUNBUFFERED) writes the text and the newline apart."""
+    sys.stdout.write(json.dumps(record, default=str) + "\n")
+    sys.stdout.flush()
+
+
 def _train(args) -> int:
     from scaling_jax.config import load_config
     from scaling_jax.train.loop import train
@@ -15,8 +23,7 @@ def _train(args) -> int:
     if "preempted" in result:
         return 0
     keys = ("eval", "test")
-    print(json.dumps({k: {m: v for m, v in result[k].items() if m != "report"}
-                      for k in keys if k in result}, default=str))
+    _print_json({k: {m: v for m, v in result[k].items() if m != "report"} for k in keys if k in result})
     return 0
 
 
@@ -26,7 +33,7 @@ def _eval(args) -> int:
     out = evaluate_run(load_config(args.config, args.overrides))
     for split, metrics in out.items():
         report = metrics.pop("report", None)
-        print(json.dumps({"split": split, **metrics}, default=str))
+        _print_json({"split": split, **metrics})
         if report:
             print(report, file=sys.stderr)
     return 0

@@ -26,6 +26,12 @@ WORKER = textwrap.dedent("""
     import json, os, signal, sys, time
     from scaling_jax import distributed
 
+    def emit(record):
+        # One write, on a line of its own: gloo's C++ code prints "[Gloo] Rank 0 is connected to 1
+        # peer ranks..." to the same stdout from another thread, and under PYTHONUNBUFFERED print()
+        # writes the text and its newline separately, so that message once landed inside the line.
+        sys.stdout.write("\\n" + json.dumps(record) + "\\n")
+
     mode = os.environ.get("WORKER_MODE", "ok")
     topology = distributed.initialize()
     import jax, jax.numpy as jnp, numpy as np
@@ -48,7 +54,7 @@ WORKER = textwrap.dedent("""
             outcome = "passed"
         except TimeoutError:
             outcome = "timeout"
-        print(json.dumps({"rank": rank, "barrier": outcome, "s": time.monotonic() - start}))
+        emit({"rank": rank, "barrier": outcome, "s": time.monotonic() - start})
         sys.exit(0)
 
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
@@ -58,11 +64,10 @@ WORKER = textwrap.dedent("""
     total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(x)
     ranks = multihost_utils.process_allgather(jnp.int32(rank))
     distributed.barrier("before_print", timeout_s=60)
-    print(json.dumps({"rank": rank, "count": topology.process_count,
-                      "global": topology.global_device_count, "local": topology.local_device_count,
-                      "platform": topology.platform, "source": topology.source,
-                      "sum": float(total), "ranks": np.asarray(ranks).tolist(),
-                      "argv": sys.argv[1:]}))
+    emit({"rank": rank, "count": topology.process_count,
+          "global": topology.global_device_count, "local": topology.local_device_count,
+          "platform": topology.platform, "source": topology.source,
+          "sum": float(total), "ranks": np.asarray(ranks).tolist(), "argv": sys.argv[1:]})
 """)
 
 
