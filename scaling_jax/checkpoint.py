@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from scaling_jax.errors import CheckpointMismatchError
+from scaling_jax.errors import CheckpointMismatchError, NoReadableCheckpointError
+from scaling_jax.tree import path_str as _path_str
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +21,6 @@ _STATE, _EXTRA = "state", "extra"  # item names inside each step directory
 
 class StepNotAboveLatestError(ValueError):
     """A save at a step that is not above the latest checkpoint (Orbax would silently skip it)."""
-
-
-class NoReadableCheckpointError(RuntimeError):
-    """Checkpoints exist but none can be read; never treated as "start from scratch"."""
 
 
 class Restored(NamedTuple):
@@ -362,10 +359,6 @@ def _stored_form(x: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
 
 def _key_str(key: tuple) -> str:
     return "/".join(str(k) for k in key)
-
-
-def _path_str(path: tuple) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
 def _some(items: list[str], n: int = 8) -> str:

@@ -1,4 +1,7 @@
-"""The `scaling-jax` command: train, eval, predict, export, sweep, fit, bench, fetch."""
+"""The `scaling-jax` command: train, eval, predict, export, sweep, fit, bench, fetch.
+
+Each verb imports its module when it runs, so `scaling-jax --help` and a bad argument answer
+without loading jax, flax or transformers."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +9,9 @@ import json
 import logging
 import os
 import sys
+
+from scaling_jax.errors import ScalingJaxError
+from scaling_jax.hostmem import keep_host_buffers
 
 
 def _print_json(record: dict) -> None:
@@ -40,7 +46,7 @@ def _eval(args) -> int:
 
 
 def _predict(args) -> int:
-    from scaling_jax.inference import predict_main
+    from scaling_jax.commands.predict import predict_main
     return predict_main(args)
 
 
@@ -53,7 +59,7 @@ def _export(args) -> int:
 
 def _sweep(args) -> int:
     from scaling_jax.config import load_config
-    from scaling_jax.scaling.sweep import run_sweep
+    from scaling_jax.commands.sweep import run_sweep
     run_sweep(load_config(args.config, args.overrides))
     return 0
 
@@ -64,7 +70,7 @@ def _fit(args) -> int:
 
 
 def _bench(args) -> int:
-    from scaling_jax import bench
+    from scaling_jax.commands import bench
     return bench.main(args.rest)
 
 
@@ -124,22 +130,22 @@ PASSTHROUGH = {"fit": _fit, "bench": _bench}  # verbs with their own argparse (f
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    from scaling_jax.hostmem import keep_host_buffers
     keep_host_buffers()  # before jax runs anything (notes/PERFORMANCE.md, entry 17)
     if argv and argv[0] in PASSTHROUGH:
-        return PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
-    args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+        verb, fn, args = argv[0], PASSTHROUGH[argv[0]], argparse.Namespace(rest=argv[1:])
+    else:
+        args = make_parser().parse_args(argv)
+        verb, fn = args.verb, args.fn
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        if not args.verbose:  # Orbax logs routine notices through absl at WARNING
+            import absl.logging
+            absl.logging.set_verbosity(absl.logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not args.verbose:  # Orbax logs routine notices through absl at WARNING
-        import absl.logging
-        absl.logging.set_verbosity(absl.logging.ERROR)
-    from scaling_jax.errors import USER_ERRORS
     try:
-        return args.fn(args)
-    except USER_ERRORS as e:
-        print(f"scaling-jax {args.verb}: error: {e}", file=sys.stderr)
+        return fn(args)
+    except ScalingJaxError as e:  # the user's to fix: one line; anything else keeps its traceback
+        print(f"scaling-jax {verb}: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -12,9 +12,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config key or value that is not valid; the message names the key."""
+from scaling_jax.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -38,6 +36,7 @@ class ModelConfig:
     max_len: int = 256
     dropout: float = 0.0
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    kernels: str = "auto"  # ops backend: auto (xla_cpu on CPU, else xla) | xla | xla_cpu
     remat: bool = False  # recompute each layer's activations in the backward pass
     remat_policy: str = ""  # "" = by remat / scan_layers; else a jax.checkpoint_policies name (see README)
     scan_layers: bool = False  # true: one compiled layer under lax.scan + optimizer over stacked layers (compile time)
@@ -144,14 +143,17 @@ class Config:
         return Path(self.run.dir or f"runs/{self.run.name}")
 
 
-# jax.checkpoint_policies names accepted as `model.remat_policy` (models.attention.remat_policy).
+# The names `model.remat_policy` and `model.kernels` accept: models.layers.REMAT_POLICIES and
+# ops.CHOICES (the core does not import those layers; tests/test_config.py checks they agree).
 REMAT_POLICIES = ("nothing_saveable", "everything_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
+KERNELS = ("auto", "xla", "xla_cpu")
 
 _CHOICES = {
     "model.family": ("gpt2", "bert"),
     "model.task": ("causal_lm", "token_classification", "sequence_classification", "masked_lm"),
     "model.dtype": ("float32", "bfloat16"),
     "model.remat_policy": ("", *REMAT_POLICIES),
+    "model.kernels": KERNELS,
     "data.kind": ("lm_text", "conll", "classification"),
     "train.early_stopping_mode": ("max", "min"),
     "train.nan_policy": ("stop", "skip"),

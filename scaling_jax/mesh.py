@@ -10,6 +10,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from scaling_jax.errors import MeshError
+
 log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -29,10 +31,6 @@ DEFAULT_RULES: dict[str, Any] = {
     "classes": None,
     "layers": None,
 }
-
-
-class MeshError(ValueError):
-    """A mesh shape that does not fit the devices, or a batch that does not fit the mesh."""
 
 
 def mesh_shape(data: int, fsdp: int, tensor: int, n_devices: int) -> tuple[int, int, int]:

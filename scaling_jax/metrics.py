@@ -105,14 +105,6 @@ def tokens_per_second(tokens: float, seconds: float) -> float:
     return float(tokens) / seconds if seconds > 0 else 0.0
 
 
-def model_flops_per_token(n_params: int, n_layers: int = 0, d_model: int = 0,
-                          seq_len: int = 0) -> float:
-    """Training FLOPs per token: 6N for the matmuls of forward + backward, plus 12·L·D·T for
-    attention scores and values (PaLM, Chowdhery et al. 2022, appendix B). N excludes embeddings
-    by that convention; pass the count you want reported."""
-    return 6.0 * n_params + 12.0 * n_layers * d_model * seq_len
-
-
 def mfu(flops_per_s: float, peak_flops_per_s: float) -> float:
     """Model FLOPs utilisation: achieved / peak FLOP/s, a fraction (0 when the peak is unknown)."""
     return float(flops_per_s) / peak_flops_per_s if peak_flops_per_s > 0 else 0.0

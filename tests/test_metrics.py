@@ -6,7 +6,7 @@ import pytest
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
 
-from scaling_jax.metrics import accuracy, mfu, model_flops_per_token, ner_report, ner_scores, perplexity, \
+from scaling_jax.metrics import accuracy, mfu, ner_report, ner_scores, perplexity, \
     tokens_per_second
 
 # Hand-made cases: a mix of hits, a wrong type, a wrong boundary and a missed entity.
@@ -79,5 +79,4 @@ def test_perplexity_throughput_and_mfu_closed_forms():
     assert perplexity(math.log(50.0)) == pytest.approx(50.0)
     assert perplexity(1e6) == math.inf
     assert tokens_per_second(1000, 0.5) == 2000.0 and tokens_per_second(10, 0) == 0.0
-    assert model_flops_per_token(100, 2, 8, 16) == 600 + 12 * 2 * 8 * 16
     assert mfu(2e14, 1e15) == pytest.approx(0.2) and mfu(1.0, 0.0) == 0.0

@@ -1,7 +1,7 @@
 """GPT-2 size families: exact parameter counts against transformers' GPT2LMHeadModel."""
 import pytest
 
-from scaling_jax.scaling import flops_per_token, gpt2_family, gpt2_member, gpt2_params, width_for_params
+from scaling_jax.scaling import gpt2_family, gpt2_flops_per_token, gpt2_member, gpt2_params, width_for_params
 
 CONFIGS = [  # (vocab_size, n_positions, d_model, n_layer, n_head, d_ff)
     (1000, 128, 64, 2, 2, None),
@@ -30,11 +30,10 @@ def test_gpt2_small_has_124m_parameters():
     assert gpt2_member(768, 12)["params_non_embedding"] == 85_056_000
 
 
-def test_flops_per_token_follows_kaplan_convention():
+def test_member_flops_per_token_is_the_project_count():
     member = gpt2_member(256, 4, seq_len=512, vocab_size=1000, n_positions=512)
-    expected = 6 * member["params_non_embedding"] + 6 * 4 * 512 * 256
-    assert member["flops_per_token"] == expected == flops_per_token(
-        member["params_non_embedding"], 4, 512, 256)
+    matmul = 4 * (4 * 256 * 256 + 2 * 256 * 1024) + 1000 * 256  # q, k, v, o, MLP per layer; the tied LM head
+    assert member["flops_per_token"] == 6 * matmul + 12 * 4 * 512 * 256 == gpt2_flops_per_token(1000, 256, 4, 512)
 
 
 def test_family_keeps_aspect_ratio_and_head_dim():

@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaling_jax.data.classification import ClassificationDataError, read_examples
+from scaling_jax.data.classification import read_examples
+from scaling_jax.errors import DataError
 from scaling_jax.data.sampler import batch_indices, process_slice
-from scaling_jax.inference import sample_token
+from scaling_jax.commands.predict import sample_token
 
 
 def test_greedy_is_argmax_and_top_k_never_leaves_the_top_k():
@@ -36,15 +37,15 @@ def test_classification_reader_names_file_and_line(tmp_path):
     assert read_examples(good) == [("fine", "pos"), ("bad", "neg")]
     bad = tmp_path / "b.jsonl"
     bad.write_text('{"text": "fine", "label": "pos"}\n{"text": "no label"}\n')
-    with pytest.raises(ClassificationDataError, match=r"b\.jsonl:2: expected an object with 'text' and 'label'"):
+    with pytest.raises(DataError, match=r"b\.jsonl:2: expected an object with 'text' and 'label'"):
         read_examples(bad)
     tsv = tmp_path / "c.tsv"
     tsv.write_text("pos\tgood film\nneg\tbad\tfilm\n")
-    with pytest.raises(ClassificationDataError, match=r"c\.tsv:2: expected 'label<TAB>text', got 3 fields"):
+    with pytest.raises(DataError, match=r"c\.tsv:2: expected 'label<TAB>text', got 3 fields"):
         read_examples(tsv)
     empty = tmp_path / "d.jsonl"
     empty.write_text("\n")
-    with pytest.raises(ClassificationDataError, match="no examples"):
+    with pytest.raises(DataError, match="no examples"):
         read_examples(empty)
 
 
@@ -59,7 +60,7 @@ def test_batch_at_step_s_depends_only_on_seed_and_s():
 
 
 def test_bench_json_lines_carry_the_contract_keys():
-    out = subprocess.run([sys.executable, "-m", "scaling_jax.bench", "--json", "--preset", "tiny", "--steps", "2",
+    out = subprocess.run([sys.executable, "-m", "scaling_jax.commands.bench", "--json", "--preset", "tiny", "--steps", "2",
                           "--no-torch"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.splitlines()]
@@ -100,7 +101,7 @@ def test_bf16_compute_on_a_cpu_without_bf16_dots_warns(monkeypatch, caplog):
 
 
 def test_paired_ratio_is_the_per_round_ratio_under_drift():
-    from scaling_jax.bench import paired_ratio
+    from scaling_jax.commands.bench import paired_ratio
     drift = [1.0, 1.0, 1.0, 1.6, 1.6]  # the machine slows down for the last two rounds
     ours = [0.5 * d for d in drift]
     ref = [0.75 * d for d in drift]  # ours is 1.5x in every round

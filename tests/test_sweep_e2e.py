@@ -7,7 +7,7 @@ import pytest
 
 from scaling_jax.config import load_config
 from scaling_jax.scaling import gpt2_params
-from scaling_jax.scaling.sweep import member_configs, run_sweep
+from scaling_jax.commands.sweep import member_configs, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["sweep.widths=[16,32,48]", "sweep.head_dim=16", "sweep.aspect_ratio=16", "sweep.tokens=1024",

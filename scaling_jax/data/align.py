@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scaling_jax.data.conll import DataError, Sentence
+from scaling_jax.data.conll import Sentence
+from scaling_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from scaling_jax.data.arrays import ArrayDataset
-
-
-class ClassificationDataError(ValueError):
-    """A malformed line; the message names file and line."""
+from scaling_jax.data.dataset import Data
+from scaling_jax.data.files import resolve_files
+from scaling_jax.errors import DataError
 
 
 def read_examples(path: Path, text_field: str = "text", label_field: str = "label") -> list[tuple[str, str]]:
@@ -23,18 +22,18 @@ def read_examples(path: Path, text_field: str = "text", label_field: str = "labe
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ClassificationDataError(f"{path}:{n}: not valid JSON ({e.msg})") from e
+                raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from e
             if not isinstance(row, dict) or text_field not in row or label_field not in row:
-                raise ClassificationDataError(
+                raise DataError(
                     f"{path}:{n}: expected an object with '{text_field}' and '{label_field}'")
             out.append((str(row[text_field]), str(row[label_field])))
         else:
             parts = line.split("\t")
             if len(parts) != 2:
-                raise ClassificationDataError(f"{path}:{n}: expected 'label<TAB>text', got {len(parts)} fields")
+                raise DataError(f"{path}:{n}: expected 'label<TAB>text', got {len(parts)} fields")
             out.append((parts[1], parts[0]))
     if not out:
-        raise ClassificationDataError(f"{path}: no examples")
+        raise DataError(f"{path}: no examples")
     return out
 
 
@@ -50,8 +49,6 @@ def encode(examples: list[tuple[str, str]], tokenizer, label_names: list[str], s
 
 
 def load_classification(cfg, tokenizer, root: Path):
-    from scaling_jax.data.lm_text import resolve_files
-    from scaling_jax.train.build import Data
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     splits = {}
@@ -63,7 +60,7 @@ def load_classification(cfg, tokenizer, root: Path):
     for name in ("valid", "test"):
         unknown = {label for _, label in splits[name]} - set(label_names)
         if unknown:
-            raise ClassificationDataError(f"data.{name}: labels {sorted(unknown)} never occur in data.train")
+            raise DataError(f"data.{name}: labels {sorted(unknown)} never occur in data.train")
     ds = {k: encode(v, tokenizer, label_names, cfg.data.seq_len) if v else None for k, v in splits.items()}
     return Data(ds["train"], ds["valid"], ds["test"], label_names=label_names,
                 notes={"train_examples": len(splits["train"])})

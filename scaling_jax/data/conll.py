@@ -6,12 +6,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from scaling_jax.errors import DataError
+
 # BIO / IOB tags: `O`, `B-type`, `I-type` (the type is any non-empty string without whitespace).
 TAG_PATTERN = re.compile(r"^(O|[BI]-\S+)$")
-
-
-class DataError(ValueError):
-    """Malformed input data; the message names the file (or source) and the line (or row)."""
 
 
 @dataclass(frozen=True)

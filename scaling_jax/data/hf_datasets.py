@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from scaling_jax.data.conll import DataError, Sentence, check_tag
+from scaling_jax.data.conll import Sentence, check_tag
+from scaling_jax.errors import DataError
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 

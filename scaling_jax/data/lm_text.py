@@ -1,7 +1,6 @@
 """Plain-text corpora for causal LM: whole files tokenized, joined with EOS, cut into fixed windows."""
 from __future__ import annotations
 
-import glob
 import hashlib
 import logging
 import os
@@ -13,24 +12,6 @@ import numpy as np
 from scaling_jax.data.arrays import ArrayDataset
 
 log = logging.getLogger(__name__)
-
-
-def resolve_files(patterns: Sequence[str], root: Path, what: str) -> list[Path]:
-    """Files matching each pattern (relative to `root` unless absolute), sorted; a pattern that
-    matches nothing is an error naming it."""
-    files: list[Path] = []
-    for pat in patterns:
-        p = Path(pat) if Path(pat).is_absolute() else root / pat
-        hits = sorted(Path(h) for h in glob.glob(str(p)))
-        if not hits:
-            raise FileNotFoundError(f"{what}: no file matches {p} (data.root={root})")
-        files.extend(h for h in hits if h not in files)
-    return files
-
-
-def exclude(files: list[Path], held_out: list[Path]) -> list[Path]:
-    held = {f.resolve() for f in held_out}
-    return [f for f in files if f.resolve() not in held]
 
 
 def _cache_dir() -> Path:

@@ -8,6 +8,8 @@ import numpy as np
 from scaling_jax.data.align import align_sentences, collate, decode_tags
 from scaling_jax.data.arrays import ArrayDataset
 from scaling_jax.data.conll import detect_scheme, label_set, read_conll
+from scaling_jax.data.dataset import Data
+from scaling_jax.data.files import resolve_files
 from scaling_jax.metrics import ner_report, ner_scores
 
 
@@ -22,8 +24,6 @@ def _encode(sentences, tokenizer, label_to_id, seq_len: int) -> tuple[ArrayDatas
 
 def load_ner(cfg, tokenizer, root: Path):
     """Reads data.train/valid/test CoNLL files; the label set is read from all splits ('O' first)."""
-    from scaling_jax.data.lm_text import resolve_files
-    from scaling_jax.train.build import Data
     splits = {}
     for name in ("train", "valid", "test"):
         pats = getattr(cfg.data, name)

@@ -6,9 +6,12 @@ from dataclasses import dataclass
 import flax.linen as nn
 import jax.numpy as jnp
 
-from scaling_jax.models.attention import (Dropout, Dtype, activation, attend, check_heads, config_from_hf_dict,
-                                          config_to_hf_dict, dense, embed, head_scale, layer_norm,
-                                          padding_mask, positions, run_layers, tied_logits)
+from scaling_jax.errors import ConfigError
+from scaling_jax.models.hf_config import check_heads, config_from_hf_dict, config_to_hf_dict
+from scaling_jax.models.layers import (Dropout, Dtype, KernelsName, attend, dense, embed, head_scale, layer_norm,
+                                       positions, run_layers, tied_logits)
+from scaling_jax.ops import activation
+from scaling_jax.ops.masks import padding_mask
 
 TASKS = ("base", "token_classification", "sequence_classification", "masked_lm")
 
@@ -46,10 +49,10 @@ class BertConfig:
         check_heads(self.hidden_size, self.num_attention_heads, "BertConfig")
         activation(self.hidden_act)
         if self.position_embedding_type != "absolute":
-            raise ValueError(f"BertConfig: position_embedding_type {self.position_embedding_type!r} is not "
-                             f"supported (only 'absolute')")
+            raise ConfigError(f"BertConfig: position_embedding_type {self.position_embedding_type!r} is not "
+                              f"supported (only 'absolute')")
         if self.is_decoder or self.add_cross_attention:
-            raise ValueError("BertConfig: decoder / cross-attention BERT is not supported")
+            raise ConfigError("BertConfig: decoder / cross-attention BERT is not supported")
 
     @classmethod
     def from_hf_dict(cls, d: dict) -> "BertConfig":
@@ -69,6 +72,7 @@ class BertEmbeddings(nn.Module):
 
     config: BertConfig
     dtype: Dtype = jnp.float32
+    kernels: KernelsName = "auto"
 
     def setup(self):
         c, std = self.config, self.config.initializer_range
@@ -79,13 +83,13 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = embed(c.type_vocab_size, c.hidden_size, (None, "embed"), std=std,
                                            dtype=self.dtype, name="token_type_embeddings")
         self.LayerNorm = layer_norm(c.layer_norm_eps, dtype=self.dtype, name="LayerNorm")
-        self.dropout = Dropout(c.hidden_dropout_prob)
+        self.dropout = Dropout(c.hidden_dropout_prob, self.kernels)
 
     def __call__(self, input_ids_BxL, token_type_ids_BxL, train: bool):
         L = input_ids_BxL.shape[1]
         if L > self.config.max_position_embeddings:
-            raise ValueError(f"sequence length {L} exceeds max_position_embeddings "
-                             f"{self.config.max_position_embeddings}")
+            raise ConfigError(f"sequence length {L} exceeds max_position_embeddings "
+                              f"{self.config.max_position_embeddings}")
         if token_type_ids_BxL is None:
             token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
         x_BxLxD = self.word_embeddings(input_ids_BxL) + self.token_type_embeddings(token_type_ids_BxL)
@@ -100,17 +104,18 @@ class BertEmbeddings(nn.Module):
 class BertSelfAttention(nn.Module):
     config: BertConfig
     dtype: Dtype = jnp.float32
+    kernels: KernelsName = "auto"
 
     @nn.compact
     def __call__(self, x_BxLxD, mask_Bx1x1xL, train: bool):
         c = self.config
-        proj = lambda name: dense(c.hidden_size, ("embed", "heads"), std=c.initializer_range,
-                                  dtype=self.dtype, name=name)(x_BxLxD)
-        q, k, v = proj("query"), proj("key"), proj("value")
+        proj = lambda name: dense(c.hidden_size, ("embed", "heads"), std=c.initializer_range, dtype=self.dtype,
+                                  kernels=self.kernels, name=name)(x_BxLxD)
+        q_BxLxD, k_BxLxD, v_BxLxD = proj("query"), proj("key"), proj("value")
         rate = c.attention_probs_dropout_prob
         rng = self.make_rng("dropout") if train and rate > 0 else None
-        return attend(q, k, v, mask_Bx1x1xL, num_heads=c.num_attention_heads, scale=head_scale(c.head_dim),
-                      dropout_rate=rate, dropout_rng=rng)
+        return attend(q_BxLxD, k_BxLxD, v_BxLxD, mask_Bx1x1xL, num_heads=c.num_attention_heads,
+                      scale=head_scale(c.head_dim), dropout_rate=rate, dropout_rng=rng, kernels=self.kernels)
 
 
 class BertResidualOutput(nn.Module):
@@ -119,58 +124,68 @@ class BertResidualOutput(nn.Module):
     config: BertConfig
     in_axis: str
     dtype: Dtype = jnp.float32
+    kernels: KernelsName = "auto"
 
     @nn.compact
     def __call__(self, x_BxLxF, residual_BxLxD, train: bool):
         c = self.config
-        h = dense(c.hidden_size, (self.in_axis, "embed"), std=c.initializer_range, dtype=self.dtype,
-                  name="dense")(x_BxLxF)
-        h = Dropout(c.hidden_dropout_prob)(h, deterministic=not train)
-        return layer_norm(c.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(h + residual_BxLxD)
+        h_BxLxD = dense(c.hidden_size, (self.in_axis, "embed"), std=c.initializer_range, dtype=self.dtype,
+                        kernels=self.kernels, name="dense")(x_BxLxF)
+        h_BxLxD = Dropout(c.hidden_dropout_prob, self.kernels)(h_BxLxD, deterministic=not train)
+        return layer_norm(c.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(h_BxLxD + residual_BxLxD)
 
 
 class BertAttention(nn.Module):
     config: BertConfig
     dtype: Dtype = jnp.float32
+    kernels: KernelsName = "auto"
 
     @nn.compact
     def __call__(self, x_BxLxD, mask_Bx1x1xL, train: bool):
-        a = BertSelfAttention(self.config, self.dtype, name="self")(x_BxLxD, mask_Bx1x1xL, train)
-        return BertResidualOutput(self.config, "heads", self.dtype, name="output")(a, x_BxLxD, train)
+        kw = {"dtype": self.dtype, "kernels": self.kernels}
+        a_BxLxD = BertSelfAttention(self.config, **kw, name="self")(x_BxLxD, mask_Bx1x1xL, train)
+        return BertResidualOutput(self.config, "heads", **kw, name="output")(a_BxLxD, x_BxLxD, train)
 
 
 class BertIntermediate(nn.Module):
     config: BertConfig
     dtype: Dtype = jnp.float32
+    kernels: KernelsName = "auto"
 
     @nn.compact
     def __call__(self, x_BxLxD):
         c = self.config
-        return dense(c.intermediate_size, ("embed", "mlp"), std=c.initializer_range, dtype=self.dtype, name="dense",
-                     act=c.hidden_act)(x_BxLxD)
+        return dense(c.intermediate_size, ("embed", "mlp"), std=c.initializer_range, dtype=self.dtype,
+                     act=c.hidden_act, kernels=self.kernels, name="dense")(x_BxLxD)
 
 
 class BertLayer(nn.Module):
+    """Post-LN block: attention + residual LayerNorm, then the FFN + residual LayerNorm."""
+
     config: BertConfig
     dtype: Dtype = jnp.float32
+    kernels: KernelsName = "auto"
 
     @nn.compact
     def __call__(self, x_BxLxD, mask_Bx1x1xL, train: bool):
-        a = BertAttention(self.config, self.dtype, name="attention")(x_BxLxD, mask_Bx1x1xL, train)
-        h_BxLxF = BertIntermediate(self.config, self.dtype, name="intermediate")(a)
-        return BertResidualOutput(self.config, "mlp", self.dtype, name="output")(h_BxLxF, a, train)
+        kw = {"dtype": self.dtype, "kernels": self.kernels}
+        a_BxLxD = BertAttention(self.config, **kw, name="attention")(x_BxLxD, mask_Bx1x1xL, train)
+        h_BxLxF = BertIntermediate(self.config, **kw, name="intermediate")(a_BxLxD)
+        return BertResidualOutput(self.config, "mlp", **kw, name="output")(h_BxLxF, a_BxLxD, train)
 
 
 class BertEncoder(nn.Module):
     config: BertConfig
     dtype: Dtype = jnp.float32
+    kernels: KernelsName = "auto"
     remat: bool | str = False  # True = recompute layers in the backward pass; or a REMAT_POLICIES name
     scan: bool = False
 
     @nn.compact
     def __call__(self, x_BxLxD, mask_Bx1x1xL, train: bool):
-        return run_layers(self, BertLayer, lambda i: (self.config, self.dtype), self.config.num_hidden_layers,
-                          "layer_", x_BxLxD, mask_Bx1x1xL, train=train, remat=self.remat, scan=self.scan)
+        return run_layers(self, BertLayer, lambda i: (self.config, self.dtype, self.kernels),
+                          self.config.num_hidden_layers, "layer_", x_BxLxD, mask_Bx1x1xL, train=train,
+                          remat=self.remat, scan=self.scan)
 
 
 class BertPooler(nn.Module):
@@ -178,23 +193,27 @@ class BertPooler(nn.Module):
 
     config: BertConfig
     dtype: Dtype = jnp.float32
+    kernels: KernelsName = "auto"
 
     @nn.compact
     def __call__(self, x_BxLxD):
         c = self.config
-        h = dense(c.hidden_size, ("embed", None), std=c.initializer_range, dtype=self.dtype, name="dense")
+        h = dense(c.hidden_size, ("embed", None), std=c.initializer_range, dtype=self.dtype, kernels=self.kernels,
+                  name="dense")
         return jnp.tanh(h(x_BxLxD[:, 0]))
 
 
 class BertPredictionHeadTransform(nn.Module):
     config: BertConfig
     dtype: Dtype = jnp.float32
+    kernels: KernelsName = "auto"
 
     @nn.compact
     def __call__(self, x_BxLxD):
         c = self.config
-        h = dense(c.hidden_size, ("embed", None), std=c.initializer_range, dtype=self.dtype, name="dense")(x_BxLxD)
-        return layer_norm(c.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(activation(c.hidden_act)(h))
+        h_BxLxD = dense(c.hidden_size, ("embed", None), std=c.initializer_range, dtype=self.dtype,
+                        act=c.hidden_act, kernels=self.kernels, name="dense")(x_BxLxD)
+        return layer_norm(c.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(h_BxLxD)
 
 
 class BertLMPredictionHead(nn.Module):
@@ -203,65 +222,65 @@ class BertLMPredictionHead(nn.Module):
 
     config: BertConfig
     dtype: Dtype = jnp.float32
+    kernels: KernelsName = "auto"
 
     @nn.compact
     def __call__(self, x_BxLxD, embeddings: BertEmbeddings):
-        h = BertPredictionHeadTransform(self.config, self.dtype, name="transform")(x_BxLxD)
+        h_BxLxD = BertPredictionHeadTransform(self.config, self.dtype, self.kernels, name="transform")(x_BxLxD)
         bias_V = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
                             (self.config.vocab_size,), jnp.float32)
-        return embeddings.attend(h) + bias_V
+        return embeddings.attend(h_BxLxD) + bias_V
 
 
 class BertOnlyMLMHead(nn.Module):
     config: BertConfig
     dtype: Dtype = jnp.float32
+    kernels: KernelsName = "auto"
 
     @nn.compact
     def __call__(self, x_BxLxD, embeddings: BertEmbeddings):
-        return BertLMPredictionHead(self.config, self.dtype, name="predictions")(x_BxLxD, embeddings)
+        return BertLMPredictionHead(self.config, self.dtype, self.kernels, name="predictions")(x_BxLxD, embeddings)
 
 
 class BertModel(nn.Module):
     """BERT with one task head; returns float32 logits (the last hidden state for task `base`).
 
     Params follow notes/CONTRACTS.md (`embeddings/...`, `encoder/layer_{i}/...`, `pooler/dense`,
-    `classifier`, `cls/predictions/...`) and are float32; `dtype` is the compute dtype.
-    As in HF, `sequence_classification` and `base` have a pooler, the token and MLM heads do not.
+    `classifier`, `cls/predictions/...`) and are float32; `dtype` is the compute dtype, `kernels`
+    the ops backend. As in HF, `sequence_classification` and `base` have a pooler, the token and
+    MLM heads do not.
     """
 
     config: BertConfig
     task: str = "base"
     num_labels: int | None = None
     dtype: Dtype = jnp.float32
+    kernels: KernelsName = "auto"
     remat: bool | str = False  # True = recompute layers in the backward pass; or a REMAT_POLICIES name
     scan: bool = False  # run the layers under lax.scan (same params; compile time flat in depth)
 
     @nn.compact
     def __call__(self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, *, train: bool = False):
-        c = self.config
+        c, kw = self.config, {"dtype": self.dtype, "kernels": self.kernels}
         if self.task not in TASKS:
-            raise ValueError(f"BERT task {self.task!r} is not one of {', '.join(TASKS)}")
+            raise ConfigError(f"BERT task {self.task!r} is not one of {', '.join(TASKS)}")
         classify = self.task in ("token_classification", "sequence_classification")
         if classify and not self.num_labels:
-            raise ValueError(f"BERT task {self.task!r} needs num_labels")
-        embeddings = BertEmbeddings(c, self.dtype, name="embeddings")
+            raise ConfigError(f"BERT task {self.task!r} needs num_labels")
+        embeddings = BertEmbeddings(c, **kw, name="embeddings")
         x_BxLxD = embeddings(input_ids_BxL, token_type_ids_BxL, train)
-        encoder = BertEncoder(c, self.dtype, self.remat, self.scan, name="encoder")
+        encoder = BertEncoder(c, **kw, remat=self.remat, scan=self.scan, name="encoder")
         x_BxLxD = encoder(x_BxLxD, padding_mask(attention_mask_BxL), train)
         if self.task == "base":
             if self.is_initializing():  # HF's BertModel has a pooler: create it so checkpoints round-trip
-                BertPooler(c, self.dtype, name="pooler")(x_BxLxD)
+                BertPooler(c, **kw, name="pooler")(x_BxLxD)
             return x_BxLxD.astype(jnp.float32)
         if self.task == "masked_lm":
-            return BertOnlyMLMHead(c, self.dtype, name="cls")(x_BxLxD, embeddings)
+            return BertOnlyMLMHead(c, **kw, name="cls")(x_BxLxD, embeddings)
         rate = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
-        if self.task == "sequence_classification":
-            x = BertPooler(c, self.dtype, name="pooler")(x_BxLxD)  # BxD
-        else:
-            x = x_BxLxD
-        x = Dropout(rate)(x, deterministic=not train)
-        classifier = dense(self.num_labels, ("embed", "classes"), std=c.initializer_range, dtype=self.dtype,
-                           name="classifier")
+        x = BertPooler(c, **kw, name="pooler")(x_BxLxD) if self.task == "sequence_classification" else x_BxLxD
+        x = Dropout(rate, self.kernels)(x, deterministic=not train)
+        classifier = dense(self.num_labels, ("embed", "classes"), std=c.initializer_range, name="classifier", **kw)
         return classifier(x).astype(jnp.float32)
 
 

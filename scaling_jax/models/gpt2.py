@@ -7,9 +7,12 @@ from dataclasses import dataclass
 import flax.linen as nn
 import jax.numpy as jnp
 
-from scaling_jax.models.attention import (Dropout, Dtype, activation, attend, causal_mask, check_heads, run_layers,
-                                          config_from_hf_dict, config_to_hf_dict, dense, embed, layer_norm,
-                                          positions, tied_logits)
+from scaling_jax.errors import ConfigError
+from scaling_jax.models.hf_config import check_heads, config_from_hf_dict, config_to_hf_dict
+from scaling_jax.models.layers import (Dropout, Dtype, KernelsName, attend, dense, embed, layer_norm, positions,
+                                       run_layers, tied_logits)
+from scaling_jax.ops import activation
+from scaling_jax.ops.masks import causal_mask, combine, padding_mask
 
 TASKS = ("base", "causal_lm", "sequence_classification")
 
@@ -48,7 +51,7 @@ class GPT2Config:
         check_heads(self.n_embd, self.n_head, "GPT2Config")
         activation(self.activation_function)
         if self.add_cross_attention:
-            raise ValueError("GPT2Config: cross-attention GPT-2 is not supported")
+            raise ConfigError("GPT2Config: cross-attention GPT-2 is not supported")
 
     @classmethod
     def from_hf_dict(cls, d: dict) -> "GPT2Config":
@@ -88,39 +91,41 @@ class GPT2Attention(nn.Module):
     config: GPT2Config
     layer_idx: int
     dtype: Dtype = jnp.float32
+    kernels: KernelsName = "auto"
 
     @nn.compact
     def __call__(self, x_BxLxD, mask_Bx1xLxL, train: bool):
         c = self.config
         # HF keeps q/k/v fused in one Conv1D `c_attn`; separate Dense layers give each its own
         # ("embed", "heads") kernel for tensor parallelism, and hf.py splits/fuses on load/save.
-        proj = lambda name: dense(c.n_embd, ("embed", "heads"), std=c.initializer_range,
-                                  dtype=self.dtype, name=name)(x_BxLxD)
-        q, k, v = proj("query"), proj("key"), proj("value")
+        proj = lambda name: dense(c.n_embd, ("embed", "heads"), std=c.initializer_range, dtype=self.dtype,
+                                  kernels=self.kernels, name=name)(x_BxLxD)
+        q_BxLxD, k_BxLxD, v_BxLxD = proj("query"), proj("key"), proj("value")
         scale = 1.0 / math.sqrt(c.head_dim) if c.scale_attn_weights else 1.0
         if c.scale_attn_by_inverse_layer_idx:
             scale /= float(self.layer_idx + 1)
         rng = self.make_rng("dropout") if train and c.attn_pdrop > 0 else None
-        a = attend(q, k, v, mask_Bx1xLxL, num_heads=c.n_head, scale=scale, dropout_rate=c.attn_pdrop,
-                   dropout_rng=rng)
+        a_BxLxD = attend(q_BxLxD, k_BxLxD, v_BxLxD, mask_Bx1xLxL, num_heads=c.n_head, scale=scale,
+                         dropout_rate=c.attn_pdrop, dropout_rng=rng, kernels=self.kernels)
         # GPT-2's scaled init of residual projections: std / sqrt(2 * n_layer).
-        out = dense(c.n_embd, ("heads", "embed"), std=c.initializer_range / math.sqrt(2 * c.n_layer),
-                    dtype=self.dtype, name="c_proj")(a)
-        return Dropout(c.resid_pdrop)(out, deterministic=not train)
+        out_BxLxD = dense(c.n_embd, ("heads", "embed"), std=c.initializer_range / math.sqrt(2 * c.n_layer),
+                          dtype=self.dtype, kernels=self.kernels, name="c_proj")(a_BxLxD)
+        return Dropout(c.resid_pdrop, self.kernels)(out_BxLxD, deterministic=not train)
 
 
 class GPT2MLP(nn.Module):
     config: GPT2Config
     dtype: Dtype = jnp.float32
+    kernels: KernelsName = "auto"
 
     @nn.compact
     def __call__(self, x_BxLxD, train: bool):
-        c = self.config
-        h = dense(c.inner_dim, ("embed", "mlp"), std=c.initializer_range, dtype=self.dtype, name="c_fc",
-                  act=c.activation_function)(x_BxLxD)
-        h = dense(c.n_embd, ("mlp", "embed"), std=c.initializer_range / math.sqrt(2 * c.n_layer), dtype=self.dtype,
-                  name="c_proj")(h)
-        return Dropout(c.resid_pdrop)(h, deterministic=not train)
+        c, kw = self.config, {"dtype": self.dtype, "kernels": self.kernels}
+        h_BxLxF = dense(c.inner_dim, ("embed", "mlp"), std=c.initializer_range, act=c.activation_function,
+                        name="c_fc", **kw)(x_BxLxD)
+        h_BxLxD = dense(c.n_embd, ("mlp", "embed"), std=c.initializer_range / math.sqrt(2 * c.n_layer),
+                        name="c_proj", **kw)(h_BxLxF)
+        return Dropout(c.resid_pdrop, self.kernels)(h_BxLxD, deterministic=not train)
 
 
 class GPT2Block(nn.Module):
@@ -129,14 +134,15 @@ class GPT2Block(nn.Module):
     config: GPT2Config
     layer_idx: int
     dtype: Dtype = jnp.float32
+    kernels: KernelsName = "auto"
 
     @nn.compact
     def __call__(self, x_BxLxD, mask_Bx1xLxL, train: bool):
-        c = self.config
-        h = layer_norm(c.layer_norm_epsilon, dtype=self.dtype, name="ln_1")(x_BxLxD)
-        x_BxLxD = x_BxLxD + GPT2Attention(c, self.layer_idx, self.dtype, name="attn")(h, mask_Bx1xLxL, train)
-        h = layer_norm(c.layer_norm_epsilon, dtype=self.dtype, name="ln_2")(x_BxLxD)
-        return x_BxLxD + GPT2MLP(c, self.dtype, name="mlp")(h, train)
+        c, kw = self.config, {"dtype": self.dtype, "kernels": self.kernels}
+        h_BxLxD = layer_norm(c.layer_norm_epsilon, dtype=self.dtype, name="ln_1")(x_BxLxD)
+        x_BxLxD = x_BxLxD + GPT2Attention(c, self.layer_idx, **kw, name="attn")(h_BxLxD, mask_Bx1xLxL, train)
+        h_BxLxD = layer_norm(c.layer_norm_epsilon, dtype=self.dtype, name="ln_2")(x_BxLxD)
+        return x_BxLxD + GPT2MLP(c, **kw, name="mlp")(h_BxLxD, train)
 
 
 class GPT2Model(nn.Module):
@@ -151,6 +157,7 @@ class GPT2Model(nn.Module):
     task: str = "base"
     num_labels: int | None = None
     dtype: Dtype = jnp.float32
+    kernels: KernelsName = "auto"
     remat: bool | str = False  # True = recompute layers in the backward pass; or a REMAT_POLICIES name
     scan: bool = False  # run the blocks under lax.scan (same params; compile time flat in depth)
 
@@ -158,23 +165,23 @@ class GPT2Model(nn.Module):
     def __call__(self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, *, train: bool = False):
         c = self.config
         if self.task not in TASKS:
-            raise ValueError(f"GPT-2 task {self.task!r} is not one of {', '.join(TASKS)}")
+            raise ConfigError(f"GPT-2 task {self.task!r} is not one of {', '.join(TASKS)}")
         if self.task == "sequence_classification" and not self.num_labels:
-            raise ValueError("GPT-2 task 'sequence_classification' needs num_labels")
+            raise ConfigError("GPT-2 task 'sequence_classification' needs num_labels")
         B, L = input_ids_BxL.shape
         if L > c.n_positions:
-            raise ValueError(f"sequence length {L} exceeds n_positions {c.n_positions}")
+            raise ConfigError(f"sequence length {L} exceeds n_positions {c.n_positions}")
         wte = embed(c.vocab_size, c.n_embd, ("vocab", "embed"), std=c.initializer_range, dtype=self.dtype, name="wte")
         wpe = embed(c.n_positions, c.n_embd, (None, "embed"), std=c.initializer_range, dtype=self.dtype, name="wpe")
         x_BxLxD = wte(input_ids_BxL) + wpe(positions(L))[None]
         if token_type_ids_BxL is not None:  # as HF: token types are looked up in wte
             x_BxLxD = x_BxLxD + wte(token_type_ids_BxL)
-        x_BxLxD = Dropout(c.embd_pdrop)(x_BxLxD, deterministic=not train)
-        mask_Bx1xLxL = causal_mask(L, attention_mask_BxL)
+        x_BxLxD = Dropout(c.embd_pdrop, self.kernels)(x_BxLxD, deterministic=not train)
+        mask_Bx1xLxL = combine(causal_mask(L), padding_mask(attention_mask_BxL))
         # A block depends on its index only through scale_attn_by_inverse_layer_idx: then unroll.
         scan = self.scan and not c.scale_attn_by_inverse_layer_idx
-        x_BxLxD = run_layers(self, GPT2Block, lambda i: (c, i, self.dtype), c.n_layer, "h_", x_BxLxD, mask_Bx1xLxL,
-                             train=train, remat=self.remat, scan=scan)
+        x_BxLxD = run_layers(self, GPT2Block, lambda i: (c, i, self.dtype, self.kernels), c.n_layer, "h_", x_BxLxD,
+                             mask_Bx1xLxL, train=train, remat=self.remat, scan=scan)
         x_BxLxD = layer_norm(c.layer_norm_epsilon, dtype=self.dtype, name="ln_f")(x_BxLxD)
         if self.task == "base":
             return x_BxLxD.astype(jnp.float32)
@@ -185,8 +192,8 @@ class GPT2Model(nn.Module):
         else:
             last_B = jnp.max(jnp.where(jnp.asarray(attention_mask_BxL) != 0, positions(L)[None], 0), axis=-1)
         x_BxD = jnp.take_along_axis(x_BxLxD, last_B[:, None, None], axis=1)[:, 0]
-        score = dense(self.num_labels, ("embed", "classes"), std=c.initializer_range, dtype=self.dtype, name="score",
-                      use_bias=False)
+        score = dense(self.num_labels, ("embed", "classes"), std=c.initializer_range, dtype=self.dtype,
+                      kernels=self.kernels, name="score", use_bias=False)
         return score(x_BxD).astype(jnp.float32)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -22,8 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scaling_jax.flops import train_flops_per_token
+from scaling_jax.errors import CheckpointError, ConfigError, MissingFileError, OutputExistsError
 from scaling_jax.models import bert, gpt2
 from scaling_jax.models.fetch import KNOWN_MODELS, fetch_model
+from scaling_jax.tree import flat_dict as _flat, unflat_dict as _unflat
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +35,6 @@ CLASSIFY_TASKS = ("token_classification", "sequence_classification")
 LM_TASKS = ("masked_lm", "causal_lm")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read into the requested model; the message names the file and key."""
 
 
 # ---------------------------------------------------------------- tensor layouts (the transforms)
@@ -157,7 +157,7 @@ FAMILIES = {f.model_type: f for f in (BERT, GPT2)}
 def family_of(config_or_type: Any, source: str = "config") -> Family:
     key = config_or_type if isinstance(config_or_type, str) else getattr(config_or_type, "model_type", None)
     if key not in FAMILIES:
-        raise ValueError(f"{source}: unknown model_type {key!r}; supported: {', '.join(FAMILIES)}")
+        raise ConfigError(f"{source}: unknown model_type {key!r}; supported: {', '.join(FAMILIES)}")
     return FAMILIES[key]
 
 
@@ -167,7 +167,7 @@ def config_from_hf_dict(d: dict, source: str = "config.json"):
     try:
         return family.config_cls.from_hf_dict(d)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{source}: {e}") from e
+        raise ConfigError(f"{source}: {e}") from e
 
 
 # ---------------------------------------------------------------- reading weights
@@ -204,13 +204,13 @@ class _Weights:
                 raise CheckpointError(f"{pt}: cannot read the PyTorch checkpoint ({type(e).__name__}: {e})") from e
             self.files = {k: pt for k in self._torch}
         else:
-            raise FileNotFoundError(f"{model_dir}: no weights (looked for model.safetensors, "
+            raise MissingFileError(f"{model_dir}: no weights (looked for model.safetensors, "
                                     f"model.safetensors.index.json, pytorch_model.bin)")
 
     def _open_safetensors(self, path: Path) -> None:
         from safetensors import safe_open
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: safetensors shard not found")
+            raise MissingFileError(f"{path}: safetensors shard not found")
         try:
             handle = safe_open(str(path), framework="np")
             keys = list(handle.keys())
@@ -300,6 +300,21 @@ class Pretrained:
         """A tree matching `params` whose leaves are PartitionSpecs of logical axis names."""
         return nn.get_partition_spec(self.abstract_variables())["params"]
 
+    def matmul_params(self) -> int:
+        """The weights each token is multiplied by: every 2-D dense kernel, plus the LM head tied to
+        the input embeddings (causal / masked LM)."""
+        shapes = _flat(nn.meta.unbox(self.abstract_variables())["params"])
+        n = sum(math.prod(x.shape) for path, x in shapes.items() if path.endswith("/kernel") and len(x.shape) == 2)
+        if self.task in LM_TASKS:
+            n += self.config.vocab_size * self.config.hidden_size
+        return int(n)
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token at `seq_len` (`scaling_jax.flops.train_flops_per_token`)."""
+        c = self.config
+        return train_flops_per_token(self.matmul_params(), c.num_hidden_layers, int(seq_len),
+                                     c.num_attention_heads * c.head_dim)
+
 
 def _init_fn(module: nn.Module) -> Callable:
     ids = jnp.zeros((1, 2), jnp.int32)
@@ -310,45 +325,26 @@ def _init_params(module: nn.Module, seed: int) -> Any:
     return nn.meta.unbox(jax.jit(_init_fn(module))(jax.random.PRNGKey(seed)))["params"]
 
 
-def _path(keypath) -> str:
-    return "/".join(str(k.key) for k in keypath)
-
-
-def _flat(tree) -> dict[str, Any]:
-    return {_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _unflat(flat: dict[str, Any]) -> dict:
-    out: dict = {}
-    for path, x in flat.items():
-        *parents, leaf = path.split("/")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = x
-    return out
-
-
 def _check_task(family: Family, config, task: str, source: str) -> None:
     if task not in family.tasks:
-        raise ValueError(f"{source}: task {task!r} is not one of {family.model_type}'s tasks: "
+        raise ConfigError(f"{source}: task {task!r} is not one of {family.model_type}'s tasks: "
                          f"{', '.join(family.tasks)}")
     if task in LM_TASKS and not config.tie_word_embeddings:
-        raise ValueError(f"{source}: tie_word_embeddings=false (an untied LM head) is not supported")
+        raise ConfigError(f"{source}: tie_word_embeddings=false (an untied LM head) is not supported")
 
 
 def _resolve_labels(family: Family, task: str, num_labels: int | None, id2label: dict | None, hf: dict,
                     weights: _Weights | None, source: str) -> tuple[int | None, dict[int, str] | None]:
     if task not in CLASSIFY_TASKS:
         if num_labels or id2label:
-            raise ValueError(f"task {task!r} takes no num_labels/id2label (only {', '.join(CLASSIFY_TASKS)} do)")
+            raise ConfigError(f"task {task!r} takes no num_labels/id2label (only {', '.join(CLASSIFY_TASKS)} do)")
         return None, None
     if id2label is not None:
         id2label = {int(k): str(v) for k, v in dict(id2label).items()}
         if num_labels is None:
             num_labels = len(id2label)
         elif num_labels != len(id2label):
-            raise ValueError(f"num_labels={num_labels} but id2label has {len(id2label)} labels")
+            raise ConfigError(f"num_labels={num_labels} but id2label has {len(id2label)} labels")
     key = weights.find(family.head_key, family.prefix) if weights is not None else None
     if key is not None:
         shape = weights.shape(key)
@@ -362,7 +358,7 @@ def _resolve_labels(family: Family, task: str, num_labels: int | None, id2label:
     if num_labels is None:
         num_labels = len(hf_labels) or hf.get("num_labels")
         if not num_labels:
-            raise ValueError(f"{source}: task {task!r} needs num_labels (the checkpoint has no head and "
+            raise ConfigError(f"{source}: task {task!r} needs num_labels (the checkpoint has no head and "
                              f"config.json no id2label)")
     if id2label is None:
         id2label = ({int(k): str(v) for k, v in hf_labels.items()} if len(hf_labels) == num_labels
@@ -410,23 +406,23 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
         return fetch_model(path)
     model_dir = Path(path).expanduser()
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"{path}: model directory not found (known aliases: {', '.join(KNOWN_MODELS)})")
+        raise MissingFileError(f"{path}: model directory not found (known aliases: {', '.join(KNOWN_MODELS)})")
     return model_dir
 
 
 def _read_config(model_dir: Path) -> dict:
     path = model_dir / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; a Hugging Face model directory needs config.json")
+        raise MissingFileError(f"{path}: not found; a Hugging Face model directory needs config.json")
     try:
         return json.loads(path.read_text())
     except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
 
 
 def load_pretrained(path: str | os.PathLike, task: str = "base", num_labels: int | None = None,
                     id2label: dict | None = None, dtype: Any = jnp.float32, remat: bool | str = False,
-                    seed: int = 0, scan_layers: bool = False) -> Pretrained:
+                    seed: int = 0, scan_layers: bool = False, kernels: str = "auto") -> Pretrained:
     """Our model for `task`, with weights from a local HF directory (or alias such as "minilm-l6").
 
     Keys may carry the base-model prefix (`bert.`, `transformer.`) or not. A head the checkpoint
@@ -434,7 +430,8 @@ def load_pretrained(path: str | os.PathLike, task: str = "base", num_labels: int
     the task does not use are logged and listed in `.unused`. `num_labels` defaults to the
     checkpoint head's size; a different value is an error. `scan_layers` runs the layers under
     `lax.scan` (same params, same numbers; compile time flat in depth); `remat` (True, or a policy
-    name from `models.attention.REMAT_POLICIES`) recomputes layer activations in the backward pass.
+    name from `models.layers.REMAT_POLICIES`) recomputes layer activations in the backward pass;
+    `kernels` picks the ops backend (`auto`, `xla`, `xla_cpu`).
     """
     model_dir = resolve_model_dir(path)
     hf = _read_config(model_dir)
@@ -444,8 +441,8 @@ def load_pretrained(path: str | os.PathLike, task: str = "base", num_labels: int
     _check_task(family, config, task, source)
     with _Weights(model_dir) as weights:
         num_labels, id2label = _resolve_labels(family, task, num_labels, id2label, hf, weights, source)
-        module = family.module_cls(config, task=task, num_labels=num_labels, dtype=dtype, remat=remat,
-                                    scan=scan_layers)
+        module = family.module_cls(config, task=task, num_labels=num_labels, dtype=dtype, kernels=kernels,
+                                   remat=remat, scan=scan_layers)
         params, newly, unused = _import_params(family, module, weights, seed)
     if newly:
         log.info("%s: newly initialised (not in the checkpoint): %s", model_dir, ", ".join(newly))
@@ -455,13 +452,14 @@ def load_pretrained(path: str | os.PathLike, task: str = "base", num_labels: int
 
 
 def init_model(config, task: str, num_labels: int | None = None, seed: int = 0, dtype: Any = jnp.float32,
-               remat: bool | str = False, id2label: dict | None = None, scan_layers: bool = False) -> Pretrained:
+               remat: bool | str = False, id2label: dict | None = None, scan_layers: bool = False,
+               kernels: str = "auto") -> Pretrained:
     """A model initialised from scratch (HF's init: N(0, initializer_range), zero biases)."""
     family = family_of(config)
     _check_task(family, config, task, type(config).__name__)
     num_labels, id2label = _resolve_labels(family, task, num_labels, id2label, {}, None, type(config).__name__)
-    module = family.module_cls(config, task=task, num_labels=num_labels, dtype=dtype, remat=remat,
-                                    scan=scan_layers)
+    module = family.module_cls(config, task=task, num_labels=num_labels, dtype=dtype, kernels=kernels,
+                               remat=remat, scan=scan_layers)
     params = _init_params(module, seed)
     return Pretrained(config, task, num_labels, id2label, module, params, None, sorted(_flat(params)), [])
 
@@ -527,7 +525,7 @@ def save_pretrained(model: Pretrained, params: Any, out_dir: str | os.PathLike,
     from safetensors.numpy import save_file
     out = Path(out_dir).expanduser()
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
-        raise FileExistsError(f"{out}: exists and is not a model directory; refusing to overwrite it")
+        raise OutputExistsError(f"{out}: exists and is not a model directory; refusing to overwrite it")
     tensors = export_tensors(model, params)
     config = export_config(model)
     tok_src = None

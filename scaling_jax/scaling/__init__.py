@@ -2,8 +2,9 @@
 from scaling_jax.scaling.bootstrap import bootstrap_law, percentile_interval, resample_indices
 from scaling_jax.scaling.chinchilla import (CHINCHILLA, chinchilla_grid, chinchilla_grids,
                                             chinchilla_loss, fit_chinchilla)
-from scaling_jax.scaling.family import (flops_per_token, gpt2_family, gpt2_member, gpt2_params,
-                                        width_for_params)
+from scaling_jax.flops import train_flops_per_token
+from scaling_jax.scaling.family import (gpt2_family, gpt2_flops_per_token, gpt2_matmul_params, gpt2_member,
+                                        gpt2_params, width_for_params)
 from scaling_jax.scaling.fitting import fit_law
 from scaling_jax.scaling.isoflop import fit_isoflop, fit_parabola, group_budgets, training_flops
 from scaling_jax.scaling.laws import HUBER_DELTA, Law
@@ -17,7 +18,8 @@ __all__ = [
     "CHINCHILLA", "HUBER_DELTA", "KAPLAN_D", "KAPLAN_N", "Law", "POWER_D", "POWER_N",
     "bootstrap_law", "check_points", "chinchilla_grid", "chinchilla_grids", "chinchilla_loss",
     "chinchilla_optimal", "chinchilla_optimal_ci", "fit_chinchilla", "fit_isoflop", "fit_kaplan",
-    "fit_law", "fit_parabola", "fit_power_law", "flops_per_token", "gpt2_family", "gpt2_member",
+    "fit_law", "fit_parabola", "fit_power_law", "gpt2_family", "gpt2_flops_per_token", "gpt2_matmul_params",
+    "gpt2_member",
     "gpt2_params", "group_budgets", "isoflop_optimal", "percentile_interval", "read_results",
-    "resample_indices", "training_flops", "width_for_params", "write_results",
+    "resample_indices", "train_flops_per_token", "training_flops", "width_for_params", "write_results",
 ]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numbers
 
+from scaling_jax.flops import train_flops_per_token
+
 GPT2_VOCAB = 50257
 GPT2_POSITIONS = 1024
 
@@ -32,19 +34,27 @@ def gpt2_params(vocab_size: int, n_positions: int, d_model: int, n_layer: int,
     return total
 
 
-def flops_per_token(params_non_embedding: int, n_layer: int, seq_len: int, d_model: int) -> int:
-    """Training FLOPs per token, Kaplan et al. (2020) table 1 convention: forward
-    2 N + 2 n_layer n_ctx d_attn (N non-embedding, d_attn = d_model), times 3 for forward plus
-    backward: 6 N + 6 n_layer seq_len d_model. (Chinchilla's C = 6 N D uses all parameters and
-    drops the attention term; the difference is the embeddings and the context length.)"""
-    return 6 * params_non_embedding + 6 * n_layer * seq_len * d_model
+def gpt2_matmul_params(vocab_size: int, d_model: int, n_layer: int, d_ff: int | None = None) -> int:
+    """The weights GPT-2 multiplies each token by: per layer q, k, v and the attention output
+    (4 d^2) and the MLP (2 d d_ff), then the LM head (V d, tied to wte): the N of
+    `scaling_jax.flops.train_flops_per_token`."""
+    d_ff = 4 * d_model if d_ff is None else d_ff
+    _check_positive_ints(vocab_size=vocab_size, d_model=d_model, n_layer=n_layer, d_ff=d_ff)
+    return int(n_layer) * (4 * d_model * d_model + 2 * d_model * d_ff) + vocab_size * d_model
+
+
+def gpt2_flops_per_token(vocab_size: int, d_model: int, n_layer: int, seq_len: int, d_ff: int | None = None) -> int:
+    """Training FLOPs per token of a GPT-2 causal LM: the project's one count,
+    `train_flops_per_token(gpt2_matmul_params(...), n_layer, seq_len, d_model)`."""
+    return train_flops_per_token(gpt2_matmul_params(vocab_size, d_model, n_layer, d_ff), int(n_layer),
+                                 int(seq_len), int(d_model))
 
 
 def gpt2_member(d_model: int, n_layer: int, *, head_dim: int = 64, vocab_size: int = GPT2_VOCAB,
                 n_positions: int = GPT2_POSITIONS, seq_len: int | None = None,
                 d_ff: int | None = None) -> dict:
     """One family member: {name, d_model, n_layer, n_head, d_ff, params, params_non_embedding,
-    flops_per_token} (FLOPs at seq_len, default n_positions)."""
+    flops_per_token} (training FLOPs per token at seq_len, default n_positions: `gpt2_flops_per_token`)."""
     _check_positive_ints(d_model=d_model, n_layer=n_layer, head_dim=head_dim)
     if d_model % head_dim:
         raise ValueError(f"d_model={d_model} is not a multiple of head_dim={head_dim}")
@@ -62,7 +72,7 @@ def gpt2_member(d_model: int, n_layer: int, *, head_dim: int = 64, vocab_size: i
         "d_ff": d_ff,
         "params": gpt2_params(vocab_size, n_positions, d_model, n_layer, d_ff),
         "params_non_embedding": non_embedding,
-        "flops_per_token": flops_per_token(non_embedding, n_layer, seq_len, d_model),
+        "flops_per_token": gpt2_flops_per_token(vocab_size, d_model, n_layer, seq_len, d_ff),
     }
 
 

@@ -9,12 +9,13 @@ import numpy as np
 
 from scaling_jax.config import Config
 from scaling_jax.data.arrays import ArrayDataset
+from scaling_jax.data.ner import ner_eval
+from scaling_jax.train.batches import place_batch
 
 
 def predict_split(eval_step: Callable, params: Any, ds: ArrayDataset, batch_size: int, sharding,
                   max_batches: int = 0) -> tuple[dict, np.ndarray]:
     """Runs `eval_step` over `ds` in order; returns summed loss stats and per-example predictions."""
-    from scaling_jax.train.loop import place_batch
     sums = {"loss_sum": 0.0, "count": 0.0, "correct": 0.0}
     preds = []
     outs = []
@@ -42,6 +43,5 @@ def evaluate(eval_step: Callable, params: Any, ds: ArrayDataset, cfg: Config, da
     elif task == "sequence_classification":
         out["accuracy"] = sums["correct"] / count
     elif task == "token_classification":
-        from scaling_jax.data.ner import ner_eval
         out.update(ner_eval(ds, preds, data))
     return out

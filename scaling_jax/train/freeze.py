@@ -15,6 +15,8 @@ import jax
 import numpy as np
 import optax
 
+from scaling_jax.tree import path_str
+
 TRAIN, FROZEN = "train", "frozen"
 
 # BERT `embeddings/...`, GPT-2 `wte/`, `wpe/` (notes/CONTRACTS.md). `(^|/)` lets a prefix such as
@@ -25,19 +27,6 @@ HEAD_OR_LORA = r"(classifier|pooler|cls|score|lora)"
 ALL_BUT_HEAD = rf"^(?!(.*/)?{HEAD_OR_LORA}(/|$))"
 _LAYER = re.compile(r"(^|/)(?:encoder/layer_|h_)(\d+)/")
 PRESETS = ("embeddings", "bottom:K", "all_but_head")
-
-
-def path_str(path) -> str:
-    """A jax key path as "a/b/kernel"."""
-    parts = []
-    for k in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
 
 
 def param_paths(tree) -> list[str]:

@@ -11,28 +11,18 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from scaling_jax import distributed
 from scaling_jax.config import Config, dump_config, to_dict
-from scaling_jax.data.arrays import ArrayDataset
 from scaling_jax.data.sampler import batch_indices
 from scaling_jax.errors import CheckpointMismatchError, NonFiniteLossError
 from scaling_jax.metrics_log import MetricsWriter
+from scaling_jax.preemption import PreemptionGuard
+from scaling_jax.train.batches import global_batch
 from scaling_jax.train.evaluate import evaluate
+from scaling_jax.train.freeze import report_lines
 from scaling_jax.train.session import make_checkpointer, open_session
 
 log = logging.getLogger(__name__)
-
-
-def global_batch(ds: ArrayDataset, idx: np.ndarray, sharding) -> dict[str, jax.Array]:
-    """A global jax.Array per column; each process gathers only the rows its devices hold."""
-    def column(name):
-        col = ds.arrays[name]
-        shape = (len(idx),) + col.shape[1:]
-        return jax.make_array_from_callback(shape, sharding, lambda s: col[idx[s[0]]])
-    return {k: column(k) for k in ds.arrays}
-
-
-def place_batch(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
-    return {k: jax.make_array_from_callback(v.shape, sharding, lambda s, v=v: v[s]) for k, v in batch.items()}
 
 
 def config_hash(cfg: Config) -> str:
@@ -46,9 +36,6 @@ def config_hash(cfg: Config) -> str:
 def train(cfg: Config) -> dict[str, Any]:
     """Trains per `cfg` into `cfg.run_dir`; resumes from its latest good checkpoint. Returns the
     final metrics (eval, test, best) as a dict. Raises NonFiniteLossError on a NaN loss."""
-    from scaling_jax import distributed
-    from scaling_jax.preemption import PreemptionGuard
-
     d = cfg.distributed
     distributed.initialize(coordinator=d.coordinator or None, num_processes=d.num_processes or None,
                            process_id=d.process_id if d.process_id >= 0 else None,
@@ -69,7 +56,6 @@ def train(cfg: Config) -> dict[str, Any]:
               f"{summary['opt_state_bytes'] / 2**20:.1f} MiB, mesh {summary['mesh']}, "
               f"{len(data.train):,} train examples", flush=True)
         if session.trainable.report:
-            from scaling_jax.train.freeze import report_lines
             for line in report_lines(session.trainable.report):
                 print(f"[scaling_jax]   {line}", flush=True)
     ckpt = make_checkpointer(cfg)

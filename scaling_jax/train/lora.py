@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from scaling_jax.train.freeze import make_freeze_labels, path_str
+from scaling_jax.train.freeze import make_freeze_labels
+from scaling_jax.tree import path_str
 
 # Attention q/k/v/output and MLP projections, by the param paths of notes/CONTRACTS.md.
 DEFAULT_TARGETS = (

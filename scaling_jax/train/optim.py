@@ -8,6 +8,9 @@ import jax
 import optax
 
 from scaling_jax.config import OptimConfig
+from scaling_jax.train.freeze import make_optimizer_with_freeze
+from scaling_jax.train.stacked import stack_layers as stacked
+from scaling_jax.tree import map_with_path_str
 
 # HF/BERT convention: no weight decay on biases and layer-norm parameters.
 _NO_DECAY = re.compile(r"(^|/)(bias|scale)$|LayerNorm|ln_")
@@ -31,10 +34,8 @@ def make_schedule(cfg: OptimConfig, total_steps: int, lr: float | None = None) -
 
 
 def decay_mask(params: Any) -> Any:
-    def keep(path, _):
-        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-        return not _NO_DECAY.search(name)
-    return jax.tree_util.tree_map_with_path(keep, params)
+    """True for the leaves AdamW decays: not biases, LayerNorm scales or other norms."""
+    return map_with_path_str(lambda name, _: not _NO_DECAY.search(name), params)
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int, *, lr: float | None = None, freeze_labels: Any = None,
@@ -51,9 +52,7 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, *, lr: float | None = Non
         core = optax.sgd(schedule, momentum=cfg.b1 or None)
     tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), core) if cfg.clip_norm > 0 else core
     if stack_layers:
-        from scaling_jax.train.stacked import stack_layers as stacked
         tx = stacked(tx)
     if freeze_labels is not None:
-        from scaling_jax.train.freeze import make_optimizer_with_freeze
         tx = make_optimizer_with_freeze(tx, freeze_labels)
     return tx, schedule

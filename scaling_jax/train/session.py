@@ -9,9 +9,16 @@ from typing import Any
 import jax
 from jax.sharding import Mesh, NamedSharding
 
+from scaling_jax.checkpoint import Checkpointer
 from scaling_jax.config import Config, load_config
+from scaling_jax.data.dataset import Data
+from scaling_jax.data.load import load_data
+from scaling_jax.data.tokenizer import load_tokenizer, tokenizer_dir
+from scaling_jax.errors import MissingFileError
 from scaling_jax.mesh import batch_sharding, check_batch, make_mesh, merge_rules
+from scaling_jax.models import save_pretrained
 from scaling_jax.train import build
+from scaling_jax.train.evaluate import evaluate
 from scaling_jax.train.optim import make_optimizer
 from scaling_jax.train.state import TrainState
 from scaling_jax.train.step import init_state, make_eval_step, make_train_step
@@ -24,7 +31,7 @@ class Session:
     rules: dict
     batch_sharding: NamedSharding
     tokenizer: Any
-    data: build.Data | None
+    data: Data | None
     label_names: list[str]
     model: Any
     trainable: build.Trainable
@@ -62,8 +69,8 @@ def open_session(cfg: Config, *, with_data: bool = True) -> Session:
     check_batch(cfg.data.batch_size // cfg.train.grad_accum, mesh, rules, "data.batch_size / train.grad_accum")
     check_batch(cfg.data.eval_batch_size, mesh, rules, "data.eval_batch_size")
     bsh = batch_sharding(mesh, rules)
-    tokenizer = build.load_tokenizer(build.tokenizer_dir(cfg))
-    data = build.load_data(cfg, tokenizer) if with_data else None
+    tokenizer = load_tokenizer(tokenizer_dir(cfg))
+    data = load_data(cfg, tokenizer) if with_data else None
     labels_file = cfg.run_dir / "labels.json"
     if data is not None:
         label_names = data.label_names
@@ -89,7 +96,6 @@ def open_session(cfg: Config, *, with_data: bool = True) -> Session:
 
 
 def make_checkpointer(cfg: Config, read_only: bool = False):
-    from scaling_jax.checkpoint import Checkpointer
     return Checkpointer(cfg.run_dir / "checkpoints", read_only=read_only,
                         every=cfg.checkpoint.every or cfg.train.steps,
                         max_to_keep=cfg.checkpoint.max_to_keep,
@@ -107,12 +113,11 @@ def restore_params(session: Session, which: str = "best") -> tuple[int, Any]:
     finally:
         ckpt.close()
     if got is None:
-        raise FileNotFoundError(f"{session.cfg.run_dir / 'checkpoints'}: no checkpoint to load")
+        raise MissingFileError(f"{session.cfg.run_dir / 'checkpoints'}: no checkpoint to load")
     return got[0], got[1].params
 
 
 def evaluate_run(cfg: Config) -> dict[str, dict]:
-    from scaling_jax.train.evaluate import evaluate
     session = open_session(cfg)
     step, params = restore_params(session)
     out = {}
@@ -127,16 +132,15 @@ def evaluate_run(cfg: Config) -> dict[str, dict]:
 def run_config(run_dir: str | Path, overrides: tuple[str, ...] = ()) -> Config:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
+        raise MissingFileError(f"{run_dir}: not a run directory (no config.yaml)")
     return load_config(path, (f"run.dir={run_dir}", *overrides))
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -> Path:
     """Writes the run's best (or latest) params, LoRA merged, as a Hugging Face directory."""
-    from scaling_jax.models import save_pretrained
     cfg = run_config(run_dir, ("mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1"))
     session = open_session(cfg, with_data=False)
     _, trained = restore_params(session, checkpoint)
     params = jax.device_get(session.model_params(trained))
-    save_pretrained(session.model, params, out_dir, tokenizer_dir=build.tokenizer_dir(cfg))
+    save_pretrained(session.model, params, out_dir, tokenizer_dir=tokenizer_dir(cfg))
     return Path(out_dir)

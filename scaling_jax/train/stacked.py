@@ -22,16 +22,13 @@ import jax.numpy as jnp
 import optax
 
 from scaling_jax.mesh import STAR
+from scaling_jax.tree import path_str
 
 _NUMBERED = re.compile(r"^(.*)_(\d+)$")
 
 
 class StackedState(NamedTuple):
     inner: Any
-
-
-def _key_str(k: Any) -> str:
-    return str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
 
 
 def _starred(parts: tuple[str, ...]) -> tuple[str, ...]:
@@ -55,7 +52,7 @@ def _layout(tree: Any) -> tuple[Any, list[tuple[tuple[str, ...], list[int]]]]:
     groups: dict[tuple[str, ...], list[int]] = {}
     parts_of = []
     for i, (path, _) in enumerate(flat):
-        parts = tuple(_key_str(k) for k in path)
+        parts = tuple(path_str(path).split("/"))
         parts_of.append(parts)
         groups.setdefault(_starred(parts), []).append(i)
     out = []

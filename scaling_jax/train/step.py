@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from scaling_jax.mesh import shardings_from_logical, state_shardings_like_params
 from scaling_jax.train.losses import loss_for_task
+from scaling_jax.train.stacked import stacked_norm
 from scaling_jax.train.state import TrainState
 
 Batch = dict
@@ -79,11 +81,7 @@ def train_step(state: TrainState, batch: Batch, *, apply_fn: Callable, loss_fn: 
         loss = loss_sum / denom
         grads = jax.tree.map(lambda g: g / denom, grads)
 
-    if stack_layers:
-        from scaling_jax.train.stacked import stacked_norm
-        grad_norm = stacked_norm(grads)
-    else:
-        grad_norm = optax.tree.norm(grads)
+    grad_norm = stacked_norm(grads) if stack_layers else optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -147,8 +145,6 @@ def init_state(params: Any, logical: Any, tx: optax.GradientTransformation, *, m
     that own their parameter shard (an eager `tx.init(params)` would put them all on one device).
     Returns (state, state_sharding).
     """
-    from scaling_jax.mesh import shardings_from_logical, state_shardings_like_params
-
     rng = jax.random.PRNGKey(seed)
     params_abstract = jax.eval_shape(lambda p: p, params)
     params_sh = shardings_from_logical(params_abstract, logical, mesh, rules)

@@ -8,6 +8,11 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+from scaling_jax.errors import ConfigError
+from scaling_jax.scaling import fit_cli
+from scaling_jax.scaling.family import gpt2_flops_per_token, gpt2_params
+from scaling_jax.train.loop import train
+
 log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ("name", "d_model", "n_layers", "n_heads", "params", "params_total", "tokens", "flops",
@@ -19,15 +24,15 @@ def member_configs(cfg) -> list:
     `head_dim`, steps = sweep.tokens / (batch * seq_len), learning rate by `sweep.lr_rule`."""
     s = cfg.sweep
     if not s.widths:
-        raise ValueError("sweep.widths: list at least one model width")
+        raise ConfigError("sweep.widths: list at least one model width")
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     steps = s.tokens // tokens_per_step if s.tokens else cfg.train.steps
     if steps <= 0:
-        raise ValueError(f"sweep.tokens={s.tokens} is less than one step of {tokens_per_step} tokens")
+        raise ConfigError(f"sweep.tokens={s.tokens} is less than one step of {tokens_per_step} tokens")
     out = []
     for d in s.widths:
         if d % s.head_dim:
-            raise ValueError(f"sweep.widths: {d} is not a multiple of sweep.head_dim={s.head_dim}")
+            raise ConfigError(f"sweep.widths: {d} is not a multiple of sweep.head_dim={s.head_dim}")
         n_layers = max(1, round(d / s.aspect_ratio))
         lr = cfg.optim.lr * (s.base_width / d if s.lr_rule == "inverse_width" else 1.0)
         name = f"d{d}_l{n_layers}"
@@ -46,14 +51,13 @@ def _row(member, result: dict) -> dict[str, Any]:
     summary = result["summary"]
     m = member.model
     seq = member.data.seq_len
-    from scaling_jax.scaling.family import flops_per_token, gpt2_params
-    # Kaplan et al. (2020): N excludes embeddings; C per token = 6 N + 6 n_layer n_ctx d (attention).
+    # Kaplan et al. (2020): N excludes embeddings; FLOPs are the project's one count (scaling_jax.flops).
     params = gpt2_params(m.vocab_size, m.max_len, m.d_model, m.n_layers, m.d_ff or None, embeddings=False)
     if gpt2_params(m.vocab_size, m.max_len, m.d_model, m.n_layers, m.d_ff or None) != summary["params_total"]:
         raise RuntimeError(f"{member.run.name}: the model has {summary['params_total']} params, the "
                            f"family formula says otherwise")
     tokens = member.train.steps * member.data.batch_size * seq
-    flops = flops_per_token(params, m.n_layers, seq, m.d_model) * tokens
+    flops = gpt2_flops_per_token(m.vocab_size, m.d_model, m.n_layers, seq, m.d_ff or None) * tokens
     return {"name": member.run.name, "d_model": m.d_model, "n_layers": m.n_layers, "n_heads": m.n_heads,
             "params": params, "params_total": summary["params_total"], "tokens": tokens, "flops": flops,
             "steps": member.train.steps, "lr": member.optim.lr, "loss": result["eval"]["loss"],
@@ -63,8 +67,7 @@ def _row(member, result: dict) -> dict[str, Any]:
 def run_sweep(cfg, train_fn: Callable | None = None) -> Path:
     """Trains each member in sequence (or only `sweep.member`), skipping finished ones, writes
     `results.csv`, then fits and plots when every member is done. Returns the CSV path."""
-    if train_fn is None:
-        from scaling_jax.train.loop import train as train_fn
+    train_fn = train_fn or train
     members = member_configs(cfg)
     chosen = members if cfg.sweep.member < 0 else [members[cfg.sweep.member]]
     for member in chosen:
@@ -87,7 +90,6 @@ def run_sweep(cfg, train_fn: Callable | None = None) -> Path:
         w.writerows(rows)
     print(f"[sweep] {len(rows)}/{len(members)} members in {out}", flush=True)
     if len(rows) == len(members) and len(rows) >= 3:
-        from scaling_jax.scaling import fit_cli
         # One token budget: L(N) = E + A / N^alpha with bootstrap intervals (Chinchilla's L(N, D)
         # needs several budgets; run `scaling-jax fit --law chinchilla` on such a CSV).
         fit_cli.main([str(out), "--law", "power", "--out", str(out.with_name("fit.json")),

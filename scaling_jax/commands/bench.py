@@ -6,11 +6,26 @@ import json
 import os
 import resource
 import statistics
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from scaling_jax import ops
+from scaling_jax.ops import xla, xla_cpu
+from scaling_jax.flops import train_flops_per_token
+from scaling_jax.hostmem import cpu_info, keep_host_buffers
+from scaling_jax.mesh import DEFAULT_RULES, batch_sharding, make_mesh
+from scaling_jax.models import BertConfig, GPT2Config, init_model
+from scaling_jax.scaling.bench_fit import run_bench as run_fit_bench
+from scaling_jax.train.stacked import stack_layers
+from scaling_jax.train.step import init_state, make_train_step
 
 # Published peak dense bf16 FLOP/s per chip, for MFU on accelerators (vendor data sheets).
 NAMED_PEAKS = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12,
@@ -51,8 +66,6 @@ def _median_time(fn: Callable[[], Any], steps: int, warmup: int) -> float:
 
 def matmul_peak(dtype: str = "float32", n: int = 2048, steps: int = 10) -> float:
     """Measured dense matmul FLOP/s on the default device (the MFU denominator on CPU)."""
-    import jax
-    import jax.numpy as jnp
     k1, k2 = jax.random.split(jax.random.PRNGKey(0))
     a = jax.random.normal(k1, (n, n), jnp.dtype(dtype))
     b = jax.random.normal(k2, (n, n), jnp.dtype(dtype))
@@ -61,18 +74,11 @@ def matmul_peak(dtype: str = "float32", n: int = 2048, steps: int = 10) -> float
     return 2 * n**3 / sec
 
 
-def model_flops_per_token(shape: Shape, n_matmul_params: int) -> float:
-    """6 N (matmul params, embeddings excluded) + 12 L T d for attention scores and values (fwd+bwd)."""
-    return 6 * n_matmul_params + 12 * shape.layers * shape.seq * shape.hidden
-
-
 def _hf_config(shape: Shape, dropout: float):
     if shape.family == "bert":
-        from scaling_jax.models import BertConfig
         return BertConfig(vocab_size=shape.vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
                           num_attention_heads=shape.heads, intermediate_size=shape.intermediate,
                           hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    from scaling_jax.models import GPT2Config
     return GPT2Config(vocab_size=shape.vocab, n_positions=max(shape.seq, 128), n_embd=shape.hidden,
                       n_layer=shape.layers, n_head=shape.heads, n_inner=shape.intermediate,
                       resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
@@ -97,23 +103,22 @@ class Contender:
     tokens: int
     peak: float | None
     row: dict
+    max_per_round: int = 0  # 0: the rounds' common step count; else at most this many (a very slow peer)
 
 
 def prepare_ours(shape: Shape, *, dtype: str = "float32", dropout: float = 0.1, remat: bool | str = False,
-                 scan: bool = False, peak: float | None = None) -> Contender:
-    import jax
-    import jax.numpy as jnp
-    import optax
-    import scaling_jax as sj
+                 scan: bool = False, peak: float | None = None, kernels: str | ops.Kernels = "auto",
+                 label: str = "") -> Contender:
+    """Our train step on `shape` (AdamW), compiled; `kernels` the ops backend, `label` a name suffix."""
     task = "token_classification" if shape.family == "bert" else "causal_lm"
-    model = sj.init_model(_hf_config(shape, dropout), task=task, num_labels=9 if shape.family == "bert" else None,
+    model = init_model(_hf_config(shape, dropout), task=task, num_labels=9 if shape.family == "bert" else None,
                           dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32, remat=remat,
-                          scan_layers=scan)
-    tx = sj.stack_layers(optax.adamw(1e-4)) if scan else optax.adamw(1e-4)
-    mesh = sj.make_mesh(data=-1)
-    state, state_sh = sj.init_state(model.params, model.logical_axes(), tx, mesh=mesh, rules=sj.DEFAULT_RULES)
-    bsh = sj.batch_sharding(mesh)
-    step = sj.make_train_step(model, tx, mesh=mesh, state_sharding=state_sh, batch_sharding=bsh, stack_layers=scan)
+                          scan_layers=scan, kernels=kernels)
+    tx = stack_layers(optax.adamw(1e-4)) if scan else optax.adamw(1e-4)
+    mesh = make_mesh(data=-1)
+    state, state_sh = init_state(model.params, model.logical_axes(), tx, mesh=mesh, rules=DEFAULT_RULES)
+    bsh = batch_sharding(mesh)
+    step = make_train_step(model, tx, mesh=mesh, state_sharding=state_sh, batch_sharding=bsh, stack_layers=scan)
     batch = jax.device_put(_batch(shape, 9), bsh)
     t = time.perf_counter()
     compiled = step.lower(state, batch).compile()
@@ -125,19 +130,18 @@ def prepare_ours(shape: Shape, *, dtype: str = "float32", dropout: float = 0.1, 
         holder["state"], m = compiled(holder["state"], batch)
         m["train/loss"].block_until_ready()
 
-    n_matmul = sum(int(np.prod(x.shape)) for path, x in jax.tree_util.tree_leaves_with_path(model.params)
-                   if "kernel" in jax.tree_util.keystr(path))
-    if shape.family == "gpt2":  # tied LM head is a matmul too
-        n_matmul += shape.vocab * shape.hidden
     tokens = shape.batch * shape.seq
-    flops = model_flops_per_token(shape, n_matmul) * tokens
-    name = f"ours/{shape.name}/{dtype}" + ("/scan" if scan else "")
+    flops = model.flops_per_token(shape.seq) * tokens
+    name = f"ours/{shape.name}/{dtype}" + ("/scan" if scan else "") + (f"/{label}" if label else "")
     return Contender(name, run, flops, tokens, peak,
                      {"compile_s": compile_s, "model_tflop_per_step": flops / 1e12,
                       "temp_mib": getattr(mem, "temp_size_in_bytes", 0) / 2**20 if mem else None})
 
 
-def prepare_torch(shape: Shape, *, dropout: float = 0.1, peak: float | None = None) -> Contender | None:
+def prepare_torch(shape: Shape, *, dtype: str = "float32", dropout: float = 0.1,
+                  peak: float | None = None) -> Contender | None:
+    """transformers' PyTorch model on the same shape; `dtype="bfloat16"` runs forward and loss under
+    `torch.autocast("cpu", dtype=torch.bfloat16)` (float32 params and optimizer, as ours)."""
     try:
         import torch
         import transformers
@@ -158,18 +162,26 @@ def prepare_torch(shape: Shape, *, dropout: float = 0.1, peak: float | None = No
     if shape.family == "gpt2":
         b["labels"] = b["input_ids"]
 
+    autocast = dtype == "bfloat16"
+
     def run():
         opt.zero_grad(set_to_none=True)
-        model(**b).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(**b).loss
+        loss.backward()
         opt.step()
 
     tokens = shape.batch * shape.seq
     n_matmul = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embeddings" not in n
                    and not n.endswith(("wte.weight", "wpe.weight")))
-    if shape.family == "gpt2":
+    if shape.family == "gpt2":  # the LM head, tied to wte
         n_matmul += shape.vocab * shape.hidden
-    return Contender(f"torch/{shape.name}/float32", run, model_flops_per_token(shape, n_matmul) * tokens, tokens,
-                     peak, {"compile_s": 0.0})
+    flops = train_flops_per_token(int(n_matmul), shape.layers, shape.seq, shape.hidden) * tokens
+    # torch emulates bf16 on a CPU without bf16 dot instructions at ~1/10 of its f32 speed: time it
+    # one step per round there, so the run stays minutes long.
+    slow = autocast and cpu_info()["bf16_dots"] == "emulated"
+    return Contender(f"torch/{shape.name}/{dtype}", run, flops, tokens, peak, {"compile_s": 0.0},
+                     max_per_round=1 if slow else 0)
 
 
 def time_interleaved(contenders: list[Contender], *, steps: int, warmup: int = 3,
@@ -181,15 +193,15 @@ def time_interleaved(contenders: list[Contender], *, steps: int, warmup: int = 3
     the rows and, per contender, the median step seconds of each round (for `paired_ratio`).
     """
     for c in contenders:
-        for _ in range(warmup):
+        for _ in range(min(warmup, c.max_per_round or warmup)):
             c.run()
     times: dict[str, list[list[float]]] = {c.name: [] for c in contenders}
     rounds = max(1, min(rounds, steps))
     per_round = -(-steps // rounds)
-    for _ in range(rounds):
+    for _ in tqdm(range(rounds), desc="bench rounds", file=sys.stderr, leave=False):
         for c in contenders:
             block = []
-            for _ in range(per_round):
+            for _ in range(min(per_round, c.max_per_round or per_round)):
                 t = time.perf_counter()
                 c.run()
                 block.append(time.perf_counter() - t)
@@ -198,7 +210,8 @@ def time_interleaved(contenders: list[Contender], *, steps: int, warmup: int = 3
     for c in contenders:
         sec = statistics.median(t for block in times[c.name] for t in block)
         rows.append({"name": c.name, "tokens_per_s": c.tokens / sec, "step_ms": sec * 1e3, **c.row,
-                     "mfu": c.flops / sec / c.peak if c.peak else None})
+                     "mfu": c.flops / sec / c.peak if c.peak else None,
+                     "steps": sum(len(b) for b in times[c.name])})
     return rows, {name: [statistics.median(b) for b in blocks] for name, blocks in times.items()}
 
 
@@ -230,6 +243,33 @@ def bench_compile(hidden: int = 256, layers: tuple[int, int] = (2, 12), repeats:
     return out
 
 
+def _attention_without_batched_gemms(q, k, v, mask, *, scale, dropout_rate=0.0, dropout_rng=None):
+    """xla_cpu's attention minus its bf16 heads-first GEMMs (autodiff backward), same dropout bits."""
+    if dropout_rng is None or dropout_rate == 0.0:
+        return xla.attention(q, k, v, mask, scale=scale)
+    return xla.attention_with_dropout(q, k, v, mask, scale=scale, rate=dropout_rate, rng=dropout_rng,
+                                      mask_fn=xla_cpu.dropout_mask)
+
+
+def kernel_ablations() -> dict[str, ops.Kernels]:
+    """xla_cpu with one trick at a time replaced by the plain xla kernel (for `--kernels`)."""
+    cpu = ops.BACKENDS["xla_cpu"]
+    return {"xla_cpu-no_threefry": replace(cpu, name="xla_cpu-no_threefry", dropout_mask=xla.dropout_mask),
+            "xla_cpu-no_acc32_linear": replace(cpu, name="xla_cpu-no_acc32_linear", linear=xla.linear),
+            "xla_cpu-no_bmm_attention": replace(cpu, name="xla_cpu-no_bmm_attention",
+                                                attention=_attention_without_batched_gemms)}
+
+
+def kernel_contenders(shape: Shape, peak32: float, peak16: float) -> list[tuple[str, Contender]]:
+    """(dtype, contender) for each backend and each xla_cpu ablation; the f32 step differs between
+    the backends only in its dropout bits, so its ablations are the bf16 ones."""
+    out = [("float32", prepare_ours(shape, peak=peak32, kernels="xla", label="xla"))]
+    out.append(("bfloat16", prepare_ours(shape, dtype="bfloat16", peak=peak16, kernels="xla", label="xla")))
+    for name, kern in kernel_ablations().items():
+        out.append(("bfloat16", prepare_ours(shape, dtype="bfloat16", peak=peak16, kernels=kern, label=name)))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scaling-jax bench", description=__doc__)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -239,10 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="also compare 2- vs 12-layer compile time")
     p.add_argument("--scan", action="store_true", help="also the float32 step with layers under lax.scan")
     p.add_argument("--fit", action="store_true", help="also the scaling-law fit: JAX grid vs scipy")
+    p.add_argument("--kernels", action="store_true",
+                   help="also the step under model.kernels=xla and xla_cpu with each CPU trick removed, "
+                        "with each one's speed relative to xla_cpu (auto on CPU)")
     args = p.parse_args(argv)
-    from scaling_jax.hostmem import cpu_info, keep_host_buffers
-    keep_host_buffers()  # the whole process, so torch's allocations get it too
-    import jax
+    keep_host_buffers()  # before the first computation, for the whole process: torch's allocations get it too
     rows: list[dict] = []
     device = jax.devices()[0]
     named = next((v for k, v in NAMED_PEAKS.items() if k.lower() in device.device_kind.lower()), None)
@@ -255,20 +296,26 @@ def main(argv: list[str] | None = None) -> int:
     contenders = [prepare_ours(shape, peak=peak32), prepare_ours(shape, dtype="bfloat16", peak=peak16)]
     if args.scan:
         contenders.append(prepare_ours(shape, peak=peak32, scan=True))
+    variants = kernel_contenders(shape, peak32, peak16) if args.kernels else []
+    contenders += [c for _, c in variants]
     ref = None if args.no_torch else prepare_torch(shape, peak=peak32)
-    if ref is not None:
-        contenders.append(ref)
+    ref16 = None if args.no_torch else prepare_torch(shape, dtype="bfloat16", peak=peak16)
+    contenders += [c for c in (ref, ref16) if c is not None]
     timed, round_s = time_interleaved(contenders, steps=args.steps)
     rows += timed
     if ref is not None:  # per-round paired ratios (`paired_ratio`), not a ratio of the medians above
         rows.append({"name": f"ratio/{shape.name}", "tokens_per_s": None, "step_ms": None, "mfu": None,
                      "float32_vs_torch": paired_ratio(round_s[ref.name], round_s[contenders[0].name]),
-                     "bfloat16_vs_torch": paired_ratio(round_s[ref.name], round_s[contenders[1].name])})
+                     "bfloat16_vs_torch_bf16": paired_ratio(round_s[ref16.name], round_s[contenders[1].name])})
+    for dtype, c in variants:  # > 1: the default kernels (auto) are faster than this variant
+        base = contenders[0] if dtype == "float32" else contenders[1]
+        rows.append({"name": f"ratio/{base.name.split('/', 1)[1]}_vs_{c.name.rsplit('/', 1)[1]}",
+                     "tokens_per_s": None, "step_ms": None, "mfu": None,
+                     "speedup": paired_ratio(round_s[c.name], round_s[base.name])})
     if args.compile:
         rows += bench_compile()
     if args.fit:
-        from scaling_jax.scaling.bench_fit import run_bench
-        for r in run_bench():
+        for r in run_fit_bench():
             rows.append({"tokens_per_s": None, "step_ms": None, "mfu": None, **r})
     rows.append({"name": "peak_rss", "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                  "tokens_per_s": None, "step_ms": None, "mfu": None})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -9,6 +10,11 @@ from typing import Any, Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from scaling_jax.data.align import entities_from_tags
+from scaling_jax.errors import ConfigError, MissingFileError
+from scaling_jax.models import load_pretrained, load_tokenizer
+from scaling_jax.train.session import open_session, restore_params, run_config
 
 
 def _lines(texts: list[str] | None) -> Iterable[str]:
@@ -22,16 +28,14 @@ def _lines(texts: list[str] | None) -> Iterable[str]:
 
 def load_for_predict(model_dir: str | Path):
     """(model, params, tokenizer, label_names) from a run directory or a Hugging Face directory."""
-    from scaling_jax.models import load_pretrained, load_tokenizer
     model_dir = Path(model_dir)
     if (model_dir / "config.yaml").is_file():
-        from scaling_jax.train.session import open_session, restore_params, run_config
         cfg = run_config(model_dir, ("mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1"))
         session = open_session(cfg, with_data=False)
         _, trained = restore_params(session)
         return (session.model, session.model_params(trained), session.tokenizer, session.label_names)
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: neither a run directory (config.yaml) nor a Hugging Face "
+        raise MissingFileError(f"{model_dir}: neither a run directory (config.yaml) nor a Hugging Face "
                                 f"model directory (config.json)")
     hf = json.loads((model_dir / "config.json").read_text())
     arch = " ".join(hf.get("architectures") or [])
@@ -47,7 +51,6 @@ def load_for_predict(model_dir: str | Path):
 def predict_entities(model, params, tokenizer, label_names: list[str], text: str) -> list[dict]:
     """Word-level tags (first word piece decides, as in training) -> entity spans with character
     offsets and a score (mean softmax probability of the entity's tags)."""
-    from scaling_jax.data.align import entities_from_tags
     words, spans = [], []
     for m in _word_spans(text):
         words.append(text[m[0]:m[1]])
@@ -70,7 +73,6 @@ def predict_entities(model, params, tokenizer, label_names: list[str], text: str
 
 
 def _word_spans(text: str) -> list[tuple[int, int]]:
-    import re
     return [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
 
 
@@ -127,6 +129,6 @@ def predict_main(args) -> int:
                                                     top_p=args.top_p, temperature=args.temperature,
                                                     seed=args.seed)}
         else:
-            raise ValueError(f"predict: task {model.task!r} has no prediction output")
+            raise ConfigError(f"predict: task {model.task!r} has no prediction output")
         print(json.dumps(row), flush=True)
     return 0

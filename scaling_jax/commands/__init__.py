@@ -1,0 +1,1 @@
+"""The verbs' top-level flow above the trainer: bench, predict, sweep (`scaling_jax.cli` parses)."""
