@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from scaling_jax.errors import CheckpointMismatchError, NoReadableCheckpointError
+from scaling_jax.errors import CheckpointMismatchError, ConfigError, NoReadableCheckpointError
 from scaling_jax.tree import path_str as _path_str
 
 log = logging.getLogger(__name__)
@@ -54,13 +54,13 @@ class Checkpointer:
         `best_mode` "min" or "max". `read_only`: restore only; no directory creation, no clean-up
         of other writers' temporary directories (for evaluators reading a live run)."""
         if every < 1:
-            raise ValueError(f"checkpoint every={every}: must be >= 1")
+            raise ConfigError(f"checkpoint every={every}: must be >= 1")
         if max_to_keep < 1:
-            raise ValueError(f"checkpoint max_to_keep={max_to_keep}: must be >= 1 (the latest is what resume needs)")
+            raise ConfigError(f"checkpoint max_to_keep={max_to_keep}: must be >= 1 (the latest is what resume needs)")
         if best_k < 0:
-            raise ValueError(f"checkpoint best_k={best_k}: must be >= 0")
+            raise ConfigError(f"checkpoint best_k={best_k}: must be >= 0")
         if best_mode not in ("min", "max"):
-            raise ValueError(f"checkpoint best_mode={best_mode!r}: must be 'min' or 'max'")
+            raise ConfigError(f"checkpoint best_mode={best_mode!r}: must be 'min' or 'max'")
         path = os.fspath(directory)
         self.directory = path if "://" in path else os.path.abspath(path)
         self.every, self.max_to_keep, self.best_k = every, max_to_keep, best_k

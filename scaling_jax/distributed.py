@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 
 import jax
 
+from scaling_jax.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 ENV_COORDINATOR = "SCALING_JAX_COORDINATOR"
@@ -101,7 +103,7 @@ def _int_env(environ: Mapping[str, str], name: str) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"{name}={value!r} is not an integer") from None
+        raise ConfigError(f"{name}={value!r} is not an integer") from None
 
 
 def _ids_env(environ: Mapping[str, str], name: str) -> tuple[int, ...] | None:
@@ -111,7 +113,7 @@ def _ids_env(environ: Mapping[str, str], name: str) -> tuple[int, ...] | None:
     try:
         return tuple(int(part) for part in value.split(",") if part.strip())
     except ValueError:
-        raise ValueError(f"{name}={value!r} is not a comma-separated list of integers") from None
+        raise ConfigError(f"{name}={value!r} is not a comma-separated list of integers") from None
 
 
 def _slurm_present(environ: Mapping[str, str]) -> bool:
@@ -160,7 +162,7 @@ def detect_launch(
         job_index = _int_env(environ, ENV_JOB_INDEX) or 0
         per_job = _int_env(environ, ENV_PROCESSES_PER_JOB)
         if job_index and per_job is None:
-            raise ValueError(f"{ENV_JOB_INDEX}={job_index} needs {ENV_PROCESSES_PER_JOB}")
+            raise ConfigError(f"{ENV_JOB_INDEX}={job_index} needs {ENV_PROCESSES_PER_JOB}")
         process_id = job_index * (per_job or 0) + _int_env(environ, ENV_JOB_COMPLETION_INDEX)
         source = "explicit" if source == "explicit" else "k8s"
     if local_device_ids is None:
@@ -170,7 +172,7 @@ def detect_launch(
     resolved = (coordinator, num_processes, process_id)
     if all(v is not None for v in resolved):
         if not 0 <= process_id < num_processes:
-            raise ValueError(f"process id {process_id} is outside [0, {num_processes})")
+            raise ConfigError(f"process id {process_id} is outside [0, {num_processes})")
         if num_processes == 1:
             return LaunchSpec("single", coordinator, 1, 0, local_ids)
         return LaunchSpec(source, coordinator, num_processes, process_id, local_ids, "deactivate")
@@ -187,7 +189,7 @@ def detect_launch(
         names = (ENV_COORDINATOR, ENV_NUM_PROCESSES,
                  f"{ENV_PROCESS_ID} (or {ENV_JOB_COMPLETION_INDEX})")
         missing = [n for n, v in zip(names, resolved) if v is None]
-        raise ValueError(f"distributed settings are partial and no cluster was detected; "
+        raise ConfigError(f"distributed settings are partial and no cluster was detected; "
                          f"missing: {', '.join(missing)}")
     return LaunchSpec("single", local_device_ids=local_ids)
 
@@ -199,9 +201,9 @@ def _seconds(value: float | None, environ: Mapping[str, str], name: str, default
         try:
             value = float(text) if text else default
         except ValueError:
-            raise ValueError(f"{name}={text!r} is not a number of seconds") from None
+            raise ConfigError(f"{name}={text!r} is not a number of seconds") from None
     if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+        raise ConfigError(f"{name} must be positive, got {value}")
     return float(value)
 
 

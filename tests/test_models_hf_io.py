@@ -17,6 +17,7 @@ from safetensors.numpy import load_file, save_file
 from scaling_jax.models import (BertConfig, CheckpointError, GPT2Config, init_model, load_pretrained,
                                 load_tokenizer, save_pretrained)
 from scaling_jax.models import hf
+from scaling_jax.tree import path_str
 
 VOCAB = 61
 LABELS = {0: "O", 1: "B-PER", 2: "I-PER"}
@@ -350,7 +351,7 @@ def test_every_param_has_contract_logical_axes():
     for model in (bert, gpt):
         axes = model.logical_axes()
         assert jax.tree.structure(axes, is_leaf=lambda x: isinstance(x, P)) == jax.tree.structure(model.params)
-        flat_axes = {hf._path(p): s for p, s in
+        flat_axes = {path_str(p): s for p, s in
                      jax.tree_util.tree_flatten_with_path(axes, is_leaf=lambda x: isinstance(x, P))[0]}
         for path, x in hf._flat(model.params).items():
             spec = flat_axes[path]

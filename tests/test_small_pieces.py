@@ -117,3 +117,16 @@ def test_cli_bad_config_key_exits_non_zero_naming_the_key():
                          cwd=__import__("pathlib").Path(__file__).resolve().parents[1])
     assert out.returncode == 2
     assert "unknown config key 'optim.lrr'" in out.stderr and "valid keys under optim" in out.stderr
+
+
+def test_cli_shows_project_errors_as_one_line_and_keeps_tracebacks_for_bugs(monkeypatch, capsys):
+    from scaling_jax import cli
+    assert cli.main(["train", "configs/lm_tiny.yaml", "model.kernels=triton"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["scaling-jax train: error: model.kernels: 'triton' is not one of auto, xla, xla_cpu"]
+
+    def bug(args):  # an internal ValueError / KeyError is not the user's to fix: it must surface
+        raise KeyError("internal")
+    monkeypatch.setattr(cli, "_fetch", bug)
+    with pytest.raises(KeyError, match="internal"):
+        cli.main(["fetch", "minilm-l6"])

@@ -1,7 +1,6 @@
 """stack_layers: the optimizer over stacked per-layer leaves gives plain optax's numbers (the
 reference), keeps frozen leaves without moments, and its stacked state is sharded like the layers."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
@@ -11,7 +10,6 @@ from scaling_jax.mesh import DEFAULT_RULES, make_mesh
 from scaling_jax.models import BertConfig, init_model
 from scaling_jax.train.freeze import make_freeze_labels, opt_state_bytes
 from scaling_jax.train.optim import make_optimizer
-from scaling_jax.train.stacked import stack_layers
 from scaling_jax.train.step import init_state
 from test_freeze import BERT, gpt2_shapes, materialize
 

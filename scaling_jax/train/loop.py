@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from scaling_jax import distributed
 from scaling_jax.config import Config, dump_config, to_dict
 from scaling_jax.data.sampler import batch_indices
-from scaling_jax.errors import CheckpointMismatchError, NonFiniteLossError
+from scaling_jax.errors import CheckpointMismatchError, ConfigError, NonFiniteLossError
 from scaling_jax.metrics_log import MetricsWriter
 from scaling_jax.preemption import PreemptionGuard
 from scaling_jax.train.batches import global_batch
@@ -174,7 +174,7 @@ def _early_stopping(cfg: Config, progress: dict, eval_metrics: dict, step: int) 
         return
     name = key.split("/", 1)[-1]
     if name not in eval_metrics:
-        raise KeyError(f"train.early_stopping_metric={key!r} is not an eval metric; have "
+        raise ConfigError(f"train.early_stopping_metric={key!r} is not an eval metric; have "
                        f"{', '.join('eval/' + k for k in eval_metrics)}")
     value, best = float(eval_metrics[name]), progress["best"]
     better = best is None or (value > best if cfg.train.early_stopping_mode == "max" else value < best)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from scaling_jax.train.freeze import make_freeze_labels
 from scaling_jax.tree import path_str
+from scaling_jax.errors import ConfigError
 
 # Attention q/k/v/output and MLP projections, by the param paths of notes/CONTRACTS.md.
 DEFAULT_TARGETS = (
@@ -43,10 +44,10 @@ def lora_targets(params, targets_regex: str | Sequence[str] = DEFAULT_TARGETS) -
         name = path_str(path)
         if name.endswith("/kernel") and rx.search(name):
             if len(x.shape) != 2:
-                raise ValueError(f"LoRA target {name} has shape {x.shape}; LoRA needs a 2-D kernel")
+                raise ConfigError(f"LoRA target {name} has shape {x.shape}; LoRA needs a 2-D kernel")
             found.append(name)
     if not found:
-        raise ValueError(f"LoRA targets {targets_regex!r} match no kernel")
+        raise ConfigError(f"LoRA targets {targets_regex!r} match no kernel")
     return sorted(found)
 
 
@@ -60,9 +61,9 @@ def init_lora(params, targets_regex: str | Sequence[str] = DEFAULT_TARGETS, rank
     `jax.ShapeDtypeStruct`s (only shapes are read), so `jax.eval_shape` sizes LoRA for free.
     """
     if rank < 1:
-        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+        raise ConfigError(f"LoRA rank must be >= 1, got {rank}")
     if alpha <= 0:
-        raise ValueError(f"LoRA alpha must be > 0, got {alpha}")
+        raise ConfigError(f"LoRA alpha must be > 0, got {alpha}")
     if rng is None:
         raise ValueError("init_lora needs an rng key")
     shapes = {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}

@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import jax
 import optax
 
 from scaling_jax.config import OptimConfig
