@@ -32,3 +32,18 @@ def test_bert_token_classification_counts_its_head_and_no_tied_decoder():
 def test_bad_counts_are_refused():
     with pytest.raises(ValueError, match="seq_len"):
         train_flops_per_token(10, 2, -1, 8)
+
+
+def test_the_sweep_and_the_training_log_count_the_same_flops_for_every_member():
+    """The sweep's `flops` column comes from the family formula, the training log from the built
+    model: both are the one count, so they agree member by member."""
+    from pathlib import Path
+
+    from scaling_jax.commands.sweep import member_configs
+    from scaling_jax.config import load_config
+    from scaling_jax.train.build import build_model
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs/sweep_cpu.yaml")
+    for member in member_configs(cfg):
+        m, seq = member.model, member.data.seq_len
+        assert build_model(member).flops_per_token(seq) == gpt2_flops_per_token(m.vocab_size, m.d_model, m.n_layers,
+                                                                                 seq, m.d_ff or None)

@@ -50,6 +50,9 @@ PRESETS = {
     "bert_small": Shape("bert_small", "bert", 30522, 256, 4, 4, 1024, 128, 16),
     "gpt_small": Shape("gpt_small", "gpt2", 50257, 256, 4, 4, 1024, 128, 16),
     "tiny": Shape("tiny", "bert", 1000, 64, 2, 4, 256, 32, 8),  # a smoke test of the harness
+    # Accelerator shapes (launch/device_check.sh): BERT-base at sequence 512, GPT-2 124M at 1024.
+    "bert_base": Shape("bert_base", "bert", 30522, 768, 12, 12, 3072, 512, 16),
+    "gpt2_124m": Shape("gpt2_124m", "gpt2", 50257, 768, 12, 12, 3072, 1024, 8),
 }
 
 
@@ -64,8 +67,9 @@ def _median_time(fn: Callable[[], Any], steps: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def matmul_peak(dtype: str = "float32", n: int = 2048, steps: int = 10) -> float:
-    """Measured dense matmul FLOP/s on the default device (the MFU denominator on CPU)."""
+def matmul_peak(dtype: str = "float32", n: int = 0, steps: int = 10) -> float:
+    """Measured dense n x n matmul FLOP/s on the default device (n: 2048 on CPU, 8192 elsewhere)."""
+    n = n or (2048 if jax.default_backend() == "cpu" else 8192)
     k1, k2 = jax.random.split(jax.random.PRNGKey(0))
     a = jax.random.normal(k1, (n, n), jnp.dtype(dtype))
     b = jax.random.normal(k2, (n, n), jnp.dtype(dtype))
@@ -124,6 +128,7 @@ def prepare_ours(shape: Shape, *, dtype: str = "float32", dropout: float = 0.1, 
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t
     mem = compiled.memory_analysis()
+    attention = "cudnn" if "cudnn" in compiled.as_text().lower() else "xla"  # cuDNN's fused attention call
     holder = {"state": state}
 
     def run():
@@ -134,7 +139,7 @@ def prepare_ours(shape: Shape, *, dtype: str = "float32", dropout: float = 0.1, 
     flops = model.flops_per_token(shape.seq) * tokens
     name = f"ours/{shape.name}/{dtype}" + ("/scan" if scan else "") + (f"/{label}" if label else "")
     return Contender(name, run, flops, tokens, peak,
-                     {"compile_s": compile_s, "model_tflop_per_step": flops / 1e12,
+                     {"compile_s": compile_s, "model_tflop_per_step": flops / 1e12, "attention": attention,
                       "temp_mib": getattr(mem, "temp_size_in_bytes", 0) / 2**20 if mem else None})
 
 
@@ -260,13 +265,17 @@ def kernel_ablations() -> dict[str, ops.Kernels]:
                                                 attention=_attention_without_batched_gemms)}
 
 
-def kernel_contenders(shape: Shape, peak32: float, peak16: float) -> list[tuple[str, Contender]]:
+def kernel_contenders(shape: Shape, peaks: dict[str, float], dropout: float) -> list[tuple[str, Contender]]:
     """(dtype, contender) for each backend and each xla_cpu ablation; the f32 step differs between
     the backends only in its dropout bits, so its ablations are the bf16 ones."""
-    out = [("float32", prepare_ours(shape, peak=peak32, kernels="xla", label="xla"))]
-    out.append(("bfloat16", prepare_ours(shape, dtype="bfloat16", peak=peak16, kernels="xla", label="xla")))
-    for name, kern in kernel_ablations().items():
-        out.append(("bfloat16", prepare_ours(shape, dtype="bfloat16", peak=peak16, kernels=kern, label=name)))
+    out = []
+    for dtype in peaks:
+        out.append((dtype, prepare_ours(shape, dtype=dtype, dropout=dropout, peak=peaks[dtype], kernels="xla",
+                                        label="xla")))
+    if "bfloat16" in peaks:
+        for name, kern in kernel_ablations().items():
+            out.append(("bfloat16", prepare_ours(shape, dtype="bfloat16", dropout=dropout, peak=peaks["bfloat16"],
+                                                 kernels=kern, label=name)))
     return out
 
 
@@ -275,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--preset", choices=sorted(PRESETS), default="bert_small")
     p.add_argument("--steps", type=int, default=40, help="timed steps per contender, in 10 alternating rounds")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes of our step (comma-separated)")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout of the benchmarked models (0: cuDNN "
+                   "attention can serve bf16 on NVIDIA GPUs)")
     p.add_argument("--no-torch", action="store_true", help="skip transformers' PyTorch model")
     p.add_argument("--compile", action="store_true", help="also compare 2- vs 12-layer compile time")
     p.add_argument("--scan", action="store_true", help="also the float32 step with layers under lax.scan")
@@ -287,28 +299,34 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     device = jax.devices()[0]
     named = next((v for k, v in NAMED_PEAKS.items() if k.lower() in device.device_kind.lower()), None)
-    peak32 = named or matmul_peak("float32")
-    peak16 = named or matmul_peak("bfloat16")
-    rows.append({"name": "matmul_peak", "device": device.device_kind, "float32_gflops": peak32 / 1e9,
-                 "bfloat16_gflops": peak16 / 1e9, "tokens_per_s": None, "step_ms": None, "mfu": None,
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    peaks = {d: matmul_peak(d) for d in dtypes}
+    rows.append({"name": "matmul_peak", "device": device.device_kind,
+                 **{f"{d}_gflops": v / 1e9 for d, v in peaks.items()}, "named_peak_tflops": named and named / 1e12,
+                 "tokens_per_s": None, "step_ms": None, "mfu": None,
                  **(cpu_info() if device.platform == "cpu" else {})})
     shape = PRESETS[args.preset]
-    contenders = [prepare_ours(shape, peak=peak32), prepare_ours(shape, dtype="bfloat16", peak=peak16)]
+    ours = {d: prepare_ours(shape, dtype=d, dropout=args.dropout, peak=peaks[d]) for d in dtypes}
+    contenders = list(ours.values())
     if args.scan:
-        contenders.append(prepare_ours(shape, peak=peak32, scan=True))
-    variants = kernel_contenders(shape, peak32, peak16) if args.kernels else []
+        contenders.append(prepare_ours(shape, dropout=args.dropout, peak=peaks.get("float32"), scan=True))
+    variants = kernel_contenders(shape, peaks, args.dropout) if args.kernels else []
     contenders += [c for _, c in variants]
-    ref = None if args.no_torch else prepare_torch(shape, peak=peak32)
-    ref16 = None if args.no_torch else prepare_torch(shape, dtype="bfloat16", peak=peak16)
-    contenders += [c for c in (ref, ref16) if c is not None]
+    refs = {} if args.no_torch else {d: prepare_torch(shape, dtype=d, dropout=args.dropout, peak=peaks[d])
+                                     for d in dtypes}
+    refs = {d: c for d, c in refs.items() if c is not None}
+    contenders += list(refs.values())
     timed, round_s = time_interleaved(contenders, steps=args.steps)
+    for r in timed:  # MFU against the measured matmul rate (`mfu`) and the data sheet's bf16 peak
+        flops = next(c.flops for c in contenders if c.name == r["name"])
+        r["mfu_named_peak"] = flops / (r["step_ms"] / 1e3) / named if named else None
     rows += timed
-    if ref is not None:  # per-round paired ratios (`paired_ratio`), not a ratio of the medians above
+    if refs:  # per-round paired ratios (`paired_ratio`), not a ratio of the medians above
         rows.append({"name": f"ratio/{shape.name}", "tokens_per_s": None, "step_ms": None, "mfu": None,
-                     "float32_vs_torch": paired_ratio(round_s[ref.name], round_s[contenders[0].name]),
-                     "bfloat16_vs_torch_bf16": paired_ratio(round_s[ref16.name], round_s[contenders[1].name])})
+                     **{f"{d}_vs_torch_{d}": paired_ratio(round_s[refs[d].name], round_s[ours[d].name])
+                        for d in refs}})
     for dtype, c in variants:  # > 1: the default kernels (auto) are faster than this variant
-        base = contenders[0] if dtype == "float32" else contenders[1]
+        base = ours[dtype]
         rows.append({"name": f"ratio/{base.name.split('/', 1)[1]}_vs_{c.name.rsplit('/', 1)[1]}",
                      "tokens_per_s": None, "step_ms": None, "mfu": None,
                      "speedup": paired_ratio(round_s[c.name], round_s[base.name])})

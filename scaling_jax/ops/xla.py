@@ -70,6 +70,11 @@ def attention_with_dropout(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, *, scale: floa
     draws the keep mask."""
     B, T, N, H = q_BxTxNxH.shape
     K = k_BxSxKxH.shape[2]
+    if K == N:  # plain multi-head: 4-D batched GEMMs (a unit group axis costs XLA:CPU extra copies)
+        logits_BxNxTxS = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxSxKxH).astype(jnp.float32) * scale
+        probs_BxNxTxS = dropped_softmax(logits_BxNxTxS, mask, rate, rng, mask_fn)
+        out_BxTxNxH = jnp.einsum("bnts,bsnh->btnh", probs_BxNxTxS.astype(v_BxSxKxH.dtype), v_BxSxKxH)
+        return out_BxTxNxH.astype(q_BxTxNxH.dtype)
     q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, N // K, H)
     logits = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH).astype(jnp.float32) * scale
     probs_BxKxGxTxS = dropped_softmax(logits, _group_mask(mask, K), rate, rng, mask_fn)

@@ -106,7 +106,8 @@ def train(cfg: Config) -> dict[str, Any]:
         t_last, steps_since = now, 0
         writer.write(step, "train", {"loss": m["train/loss"], "accuracy": m["train/accuracy"],
                                      "grad_norm": m["train/grad_norm"], "lr": float(schedule(step - 1)),
-                                     "tokens_per_s": tps, "finite": bool(m["train/finite"])})
+                                     "tokens_per_s": tps, "tflops_per_s": tps * summary["flops_per_token"] / 1e12,
+                                     "finite": bool(m["train/finite"])})
         bar.set_postfix(loss=f"{m['train/loss']:.4f}", tok_s=f"{tps:,.0f}")
 
     with PreemptionGuard() as guard:

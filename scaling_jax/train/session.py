@@ -57,6 +57,7 @@ class Session:
         frozen = self.trainable.report.get("frozen_params", 0)
         opt_bytes = sum(x.nbytes for x in jax.tree.leaves(self.state.opt_state))
         return {"params_total": total, "params_trainable": total - frozen, "opt_state_bytes": int(opt_bytes),
+                "flops_per_token": self.model.flops_per_token(self.cfg.data.seq_len),
                 "mesh": dict(self.mesh.shape), "devices": jax.device_count(),
                 "processes": jax.process_count(), **(self.data.notes if self.data else {})}
 
