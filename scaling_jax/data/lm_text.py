@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from scaling_jax.data.arrays import ArrayDataset
+from scaling_jax.data.tokenizer import tokenizer_identity
 from scaling_jax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -20,13 +22,14 @@ def _cache_dir() -> Path:
 
 
 def tokenize_files(files: Sequence[Path], tokenizer) -> np.ndarray:
-    """Token ids of all files, each followed by EOS; cached by (file bytes, tokenizer vocab) hash."""
+    """Token ids of all files, each followed by EOS; cached by the hash of (file bytes, the tokenizer's
+    full identity: `tokenizer_identity`)."""
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    identity = json.dumps(tokenizer_identity(tokenizer), sort_keys=True).encode()
     pieces = []
     for f in files:
         data = Path(f).read_bytes()
-        key = hashlib.sha256(data + str(tokenizer.__class__.__name__).encode()
-                             + str(len(tokenizer)).encode()).hexdigest()[:24]
+        key = hashlib.sha256(data + identity).hexdigest()[:24]
         cached = _cache_dir() / f"{key}.npy"
         if cached.is_file():
             ids = np.load(cached)

@@ -1,6 +1,8 @@
 """The tokenizer a run uses: `data.tokenizer`, else the pretrained model's own (never a hub name)."""
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 from scaling_jax.config import Config, expand_path
@@ -24,6 +26,20 @@ def tokenizer_dir(cfg: Config) -> Path:
     if model_dir is None:
         raise ConfigError("data.tokenizer: a model trained from scratch needs a tokenizer directory")
     return model_dir
+
+
+def tokenizer_identity(tokenizer) -> dict[str, str]:
+    """What decides a tokenizer's ids, hashed: {"class", "sha256"}. For a fast tokenizer the hash
+    covers its whole serialized form (vocabulary, merges, normalizer, pre-tokenizer, added tokens),
+    so two BPEs of one size with other merges never share cached or prepared token ids; a slow
+    tokenizer hashes its vocabulary and added tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text = backend.to_str()
+    else:
+        text = json.dumps({"vocab": tokenizer.get_vocab(), "added": [str(t) for t in tokenizer.all_special_tokens]},
+                          sort_keys=True)
+    return {"class": type(tokenizer).__name__, "sha256": hashlib.sha256(text.encode()).hexdigest()}
 
 
 def load_tokenizer(path: Path):
