@@ -57,6 +57,8 @@ class DataConfig:
     batch_size: int = 16  # global batch, in sequences
     eval_batch_size: int = 32
     max_eval_batches: int = 0  # 0 = the whole split (NER always reads the whole split)
+    pack: bool | None = None  # pack training examples into rows (segment ids); null = on for conll / classification
+    eval_buckets: int = 4  # eval / predict in this many static lengths up to seq_len (1 = pad to seq_len)
     text_field: str = "text"
     label_field: str = "label"
 
@@ -300,12 +302,18 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     return config_from_dict(data, overrides)
 
 
+def packs(cfg: Config) -> bool:
+    """Whether the training split is packed: `data.pack`, by default on where it saves padding
+    (conll, classification: short examples padded to seq_len), off for lm_text (full windows)."""
+    return cfg.data.kind in ("conll", "classification") if cfg.data.pack is None else cfg.data.pack
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     positive = {
         "train.steps": cfg.train.steps, "data.batch_size": cfg.data.batch_size,
         "data.seq_len": cfg.data.seq_len, "train.grad_accum": cfg.train.grad_accum,
-        "data.eval_batch_size": cfg.data.eval_batch_size,
+        "data.eval_batch_size": cfg.data.eval_batch_size, "data.eval_buckets": cfg.data.eval_buckets,
     }
     for key, v in positive.items():
         if v <= 0:

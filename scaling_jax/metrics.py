@@ -8,6 +8,9 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 
 SCHEMES = ("IOB1", "IOB2")
+# The label of a position or sequence that no loss or metric counts (padding, special tokens,
+# non-first word pieces, empty segment slots): torch's CrossEntropyLoss ignore_index.
+IGNORE_INDEX = -100
 
 
 def _seqeval_report(true_tags, pred_tags, **kw) -> dict:
@@ -80,7 +83,7 @@ def _iob2():
     return IOB2
 
 
-def accuracy(logits, labels, ignore_index: int = -100):
+def accuracy(logits, labels, ignore_index: int = IGNORE_INDEX):
     """Fraction of positions where argmax(logits) == labels, skipping `labels == ignore_index`.
 
     logits_...xC with labels_... (e.g. BxLxC with BxL, or BxC with B). Jittable; 0 when nothing

@@ -5,6 +5,7 @@
 what accelerators rely on (bf16 backward GEMMs stay bf16; cuDNN chosen only where it qualifies,
 XLA otherwise); activations are differentiable in forward mode.
 """
+import dataclasses
 import types
 
 import jax
@@ -159,10 +160,19 @@ def test_bf16_matmuls_compile_with_constant_cotangents(fn, shapes, spec):
         np.testing.assert_allclose(np.asarray(g, np.float32), r, rtol=5e-2, atol=5e-1)
 
 
-@pytest.mark.parametrize("kernels", ["xla", "xla_cpu"])
+def _bmm_attention(q, k, v, mask, *, scale, dropout_rate=0.0, dropout_rng=None):
+    """xla_cpu's bf16 heads-first attention, forced on (by default only where bf16 dots are native)."""
+    if q.dtype == jnp.bfloat16 and dropout_rng is not None:
+        return xla_cpu.attention_bmm(q, k, v, mask, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+    return xla_cpu.attention(q, k, v, mask, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+
+
+@pytest.mark.parametrize("kernels", ["xla", "xla_cpu", "xla_cpu+bmm"])
 def test_bf16_attention_with_dropout_tracks_float32(kernels):
     """Each backend's bf16 dropout path against its float32 path on the same bf16-exact inputs and
-    the same dropout bits (xla_cpu: heads-first with hand-written backward)."""
+    the same dropout bits (xla_cpu+bmm: heads-first with hand-written backward)."""
+    if kernels == "xla_cpu+bmm":
+        kernels = dataclasses.replace(ops.BACKENDS["xla_cpu"], attention=_bmm_attention)
     kq, kk, kv, kg = jax.random.split(jax.random.PRNGKey(4), 4)
     q, k, v = (jax.random.normal(kx, (2, 16, 32)).astype(jnp.bfloat16) for kx in (kq, kk, kv))
     g = jax.random.normal(kg, (2, 16, 32))
@@ -194,6 +204,18 @@ def _dots(jaxpr) -> list[tuple]:
             if hasattr(inner, "eqns"):
                 out += _dots(inner)
     return out
+
+
+def test_xla_cpu_uses_its_bf16_gemms_only_where_bf16_dots_are_native(monkeypatch):
+    x = jax.random.normal(jax.random.PRNGKey(0), (16, 8)).astype(jnp.bfloat16)
+    w = jax.random.normal(jax.random.PRNGKey(1), (8, 12))
+    jaxpr = lambda: str(jax.make_jaxpr(lambda x, w: xla_cpu.linear(x, w, None, dtype=jnp.bfloat16))(x, w))
+    for native, custom in ((False, False), (True, True)):
+        monkeypatch.setattr(xla_cpu, "native_bf16_dots", lambda native=native: native)
+        assert ("custom_vjp" in jaxpr()) is custom
+    ref = xla.linear(x, w, None, act="gelu", dtype=jnp.bfloat16)
+    got = xla_cpu.linear_acc32(x, w, None, act="gelu", dtype=jnp.bfloat16)
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(ref, np.float32), atol=2**-6, rtol=2**-6)
 
 
 def test_xla_bf16_linear_runs_every_gemm_forward_and_backward_in_bf16():

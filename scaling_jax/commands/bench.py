@@ -18,6 +18,7 @@ import optax
 from tqdm.auto import tqdm
 
 from scaling_jax import ops
+from scaling_jax.commands import finetune_bench
 from scaling_jax.ops import xla, xla_cpu
 from scaling_jax.flops import train_flops_per_token
 from scaling_jax.hostmem import cpu_info, keep_host_buffers
@@ -248,21 +249,25 @@ def bench_compile(hidden: int = 256, layers: tuple[int, int] = (2, 12), repeats:
     return out
 
 
-def _attention_without_batched_gemms(q, k, v, mask, *, scale, dropout_rate=0.0, dropout_rng=None):
-    """xla_cpu's attention minus its bf16 heads-first GEMMs (autodiff backward), same dropout bits."""
-    if dropout_rng is None or dropout_rate == 0.0:
-        return xla.attention(q, k, v, mask, scale=scale)
-    return xla.attention_with_dropout(q, k, v, mask, scale=scale, rate=dropout_rate, rng=dropout_rng,
-                                      mask_fn=xla_cpu.dropout_mask)
-
-
 def kernel_ablations() -> dict[str, ops.Kernels]:
-    """xla_cpu with one trick at a time replaced by the plain xla kernel (for `--kernels`)."""
+    """xla_cpu with one trick changed (for `--kernels`): its dropout bits replaced by jax.random's,
+    and its bf16 GEMM tricks forced on (they are on by default only where bf16 dots are native)."""
     cpu = ops.BACKENDS["xla_cpu"]
     return {"xla_cpu-no_threefry": replace(cpu, name="xla_cpu-no_threefry", dropout_mask=xla.dropout_mask),
-            "xla_cpu-no_acc32_linear": replace(cpu, name="xla_cpu-no_acc32_linear", linear=xla.linear),
-            "xla_cpu-no_bmm_attention": replace(cpu, name="xla_cpu-no_bmm_attention",
-                                                attention=_attention_without_batched_gemms)}
+            "xla_cpu+acc32_linear": replace(cpu, name="xla_cpu+acc32_linear", linear=_forced_acc32_linear),
+            "xla_cpu+bmm_attention": replace(cpu, name="xla_cpu+bmm_attention", attention=_forced_bmm_attention)}
+
+
+def _forced_acc32_linear(x, w, b=None, *, act=None, dtype=jnp.float32):
+    if jnp.dtype(dtype) == jnp.float32:
+        return xla.linear(x, w, b, act=act, dtype=dtype)
+    return xla_cpu.linear_acc32(x, w, b, act=act, dtype=dtype)
+
+
+def _forced_bmm_attention(q, k, v, mask, *, scale, dropout_rate=0.0, dropout_rng=None):
+    if dropout_rng is None or dropout_rate == 0.0 or q.dtype == jnp.float32 or q.shape[2] != k.shape[2]:
+        return xla_cpu.attention(q, k, v, mask, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+    return xla_cpu.attention_bmm(q, k, v, mask, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
 
 
 def kernel_contenders(shape: Shape, peaks: dict[str, float], dropout: float) -> list[tuple[str, Contender]]:
@@ -291,10 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="also compare 2- vs 12-layer compile time")
     p.add_argument("--scan", action="store_true", help="also the float32 step with layers under lax.scan")
     p.add_argument("--fit", action="store_true", help="also the scaling-law fit: JAX grid vs scipy")
+    p.add_argument("--finetune", action="store_true",
+                   help="only the time-to-F1 benchmark: configs/ner.yaml against transformers' PyTorch recipe")
     p.add_argument("--kernels", action="store_true",
                    help="also the step under model.kernels=xla and xla_cpu with each CPU trick removed, "
                         "with each one's speed relative to xla_cpu (auto on CPU)")
     args = p.parse_args(argv)
+    if args.finetune:
+        return _print_rows(finetune_bench.run(), args.json)
     keep_host_buffers()  # before the first computation, for the whole process: torch's allocations get it too
     rows: list[dict] = []
     device = jax.devices()[0]
@@ -337,8 +346,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"tokens_per_s": None, "step_ms": None, "mfu": None, **r})
     rows.append({"name": "peak_rss", "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                  "tokens_per_s": None, "step_ms": None, "mfu": None})
+    return _print_rows(rows, args.json)
+
+
+def _print_rows(rows: list[dict], as_json: bool) -> int:
     for r in rows:
-        if args.json:
+        if as_json:
             print(json.dumps(r), flush=True)
         else:
             print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()

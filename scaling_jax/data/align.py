@@ -15,10 +15,10 @@ import numpy as np
 
 from scaling_jax.data.conll import Sentence
 from scaling_jax.errors import ConfigError, DataError
+from scaling_jax.metrics import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)

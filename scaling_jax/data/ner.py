@@ -9,17 +9,25 @@ from scaling_jax.data.align import align_sentences, collate, decode_tags
 from scaling_jax.data.arrays import ArrayDataset
 from scaling_jax.data.conll import detect_scheme, label_set, read_conll
 from scaling_jax.data.dataset import Data
+from scaling_jax.config import packs
 from scaling_jax.data.files import resolve_files
+from scaling_jax.data.packing import pack
 from scaling_jax.metrics import ner_report, ner_scores
 
 
-def _encode(sentences, tokenizer, label_to_id, seq_len: int) -> tuple[ArrayDataset, dict]:
+def _encode(sentences, tokenizer, label_to_id, seq_len: int, packed: bool = False) -> tuple[ArrayDataset, dict]:
+    """Aligned windows, padded to seq_len, or (`packed`) packed into rows of seq_len (training)."""
     al = align_sentences(sentences, tokenizer, label_to_id=label_to_id, max_length=seq_len)
-    arrays = collate(al.windows, length=seq_len)
-    ds = ArrayDataset(arrays, meta={"windows": al.windows, "sentences": sentences})
     notes = {"sentences": al.num_sentences, "windows": len(al.windows), "windowed": al.num_windowed,
              "unk_words": al.num_unk_words, "truncated_words": al.num_truncated_words}
-    return ds, notes
+    if packed:
+        rows = pack([{"input_ids": w.input_ids, "labels": w.labels} for w in al.windows], seq_len,
+                    pad_id=tokenizer.pad_token_id or 0)
+        notes.update(rows=len(rows.placement), packing_efficiency=round(rows.efficiency, 4),
+                     padded_efficiency=round(sum(len(w) for w in al.windows) / (len(al.windows) * seq_len), 4))
+        return ArrayDataset(rows.arrays, meta={"placement": rows.placement}), notes
+    arrays = collate(al.windows, length=seq_len, pad_id=tokenizer.pad_token_id or 0)
+    return ArrayDataset(arrays, meta={"windows": al.windows, "sentences": sentences}), notes
 
 
 def load_ner(cfg, tokenizer, root: Path):
@@ -35,7 +43,7 @@ def load_ner(cfg, tokenizer, root: Path):
     out, notes = {}, {"scheme": scheme}
     for name, sents in splits.items():
         if sents:
-            out[name], n = _encode(sents, tokenizer, label_to_id, cfg.data.seq_len)
+            out[name], n = _encode(sents, tokenizer, label_to_id, cfg.data.seq_len, packed=name == "train" and packs(cfg))
             notes[name] = n
         else:
             out[name] = None
@@ -44,6 +52,10 @@ def load_ner(cfg, tokenizer, root: Path):
             print(f"[scaling_jax] data.{name}: {n['windowed']} sentences longer than data.seq_len="
                   f"{cfg.data.seq_len} pieces were split into windows; {n['truncated_words']} words "
                   f"truncated", flush=True)
+        if isinstance(n, dict) and "rows" in n:
+            print(f"[scaling_jax] data.{name}: {n['windows']} windows packed into {n['rows']} rows of "
+                  f"{cfg.data.seq_len}: {n['packing_efficiency']:.1%} of token slots real "
+                  f"({n['padded_efficiency']:.1%} padded one per row)", flush=True)
     return Data(out["train"], out["valid"], out["test"], label_names=labels, scheme=scheme, notes=notes)
 
 

@@ -11,7 +11,7 @@ from scaling_jax.models.hf_config import check_heads, config_from_hf_dict, confi
 from scaling_jax.models.layers import (Dropout, Dtype, KernelsName, attend, dense, embed, head_scale, layer_norm,
                                        positions, run_layers, tied_logits)
 from scaling_jax.ops import activation
-from scaling_jax.ops.masks import padding_mask
+from scaling_jax.ops.masks import padding_mask, segment_mask
 
 TASKS = ("base", "token_classification", "sequence_classification", "masked_lm")
 
@@ -85,15 +85,15 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = layer_norm(c.layer_norm_eps, dtype=self.dtype, name="LayerNorm")
         self.dropout = Dropout(c.hidden_dropout_prob, self.kernels)
 
-    def __call__(self, input_ids_BxL, token_type_ids_BxL, train: bool):
+    def __call__(self, input_ids_BxL, token_type_ids_BxL, positions_BxL, train: bool):
         L = input_ids_BxL.shape[1]
         if L > self.config.max_position_embeddings:
             raise ConfigError(f"sequence length {L} exceeds max_position_embeddings "
                               f"{self.config.max_position_embeddings}")
         if token_type_ids_BxL is None:
             token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
-        x_BxLxD = self.word_embeddings(input_ids_BxL) + self.token_type_embeddings(token_type_ids_BxL)
-        x_BxLxD = x_BxLxD + self.position_embeddings(positions(L))[None]
+        pos_BxLxD = self.position_embeddings(positions(L)[None] if positions_BxL is None else positions_BxL)
+        x_BxLxD = self.word_embeddings(input_ids_BxL) + self.token_type_embeddings(token_type_ids_BxL) + pos_BxLxD
         return self.dropout(self.LayerNorm(x_BxLxD), deterministic=not train)
 
     def attend(self, x_BxLxD):
@@ -189,18 +189,19 @@ class BertEncoder(nn.Module):
 
 
 class BertPooler(nn.Module):
-    """tanh(dense(hidden state of the first token)): HF's BertPooler."""
+    """tanh(dense(x)) of the hidden state of each sequence's first token ([CLS]): HF's BertPooler,
+    applied to x_BxD or, in packed rows, x_BxSxD (one per segment)."""
 
     config: BertConfig
     dtype: Dtype = jnp.float32
     kernels: KernelsName = "auto"
 
     @nn.compact
-    def __call__(self, x_BxLxD):
+    def __call__(self, x_first):
         c = self.config
         h = dense(c.hidden_size, ("embed", None), std=c.initializer_range, dtype=self.dtype, kernels=self.kernels,
                   name="dense")
-        return jnp.tanh(h(x_BxLxD[:, 0]))
+        return jnp.tanh(h(x_first))
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -249,6 +250,10 @@ class BertModel(nn.Module):
     `classifier`, `cls/predictions/...`) and are float32; `dtype` is the compute dtype, `kernels`
     the ops backend. As in HF, `sequence_classification` and `base` have a pooler, the token and
     MLM heads do not.
+
+    Packed rows (data/packing.py) pass `segment_ids_BxL` (attention stays inside a segment; 0 =
+    padding), `positions_BxL` (restarting per segment) and, for sequence classification,
+    `segment_starts_BxS` (each segment's [CLS]): logits are then B x S x C, one per segment.
     """
 
     config: BertConfig
@@ -260,7 +265,8 @@ class BertModel(nn.Module):
     scan: bool = False  # run the layers under lax.scan (same params; compile time flat in depth)
 
     @nn.compact
-    def __call__(self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, *, train: bool = False):
+    def __call__(self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, *, positions_BxL=None,
+                 segment_ids_BxL=None, segment_starts_BxS=None, segment_ends_BxS=None, train: bool = False):
         c, kw = self.config, {"dtype": self.dtype, "kernels": self.kernels}
         if self.task not in TASKS:
             raise ConfigError(f"BERT task {self.task!r} is not one of {', '.join(TASKS)}")
@@ -268,17 +274,22 @@ class BertModel(nn.Module):
         if classify and not self.num_labels:
             raise ConfigError(f"BERT task {self.task!r} needs num_labels")
         embeddings = BertEmbeddings(c, **kw, name="embeddings")
-        x_BxLxD = embeddings(input_ids_BxL, token_type_ids_BxL, train)
-        encoder = BertEncoder(c, **kw, remat=self.remat, scan=self.scan, name="encoder")
-        x_BxLxD = encoder(x_BxLxD, padding_mask(attention_mask_BxL), train)
+        x_BxLxD = embeddings(input_ids_BxL, token_type_ids_BxL, positions_BxL, train)
+        mask = padding_mask(attention_mask_BxL) if segment_ids_BxL is None else segment_mask(segment_ids_BxL)
+        x_BxLxD = BertEncoder(c, **kw, remat=self.remat, scan=self.scan, name="encoder")(x_BxLxD, mask, train)
         if self.task == "base":
             if self.is_initializing():  # HF's BertModel has a pooler: create it so checkpoints round-trip
-                BertPooler(c, **kw, name="pooler")(x_BxLxD)
+                BertPooler(c, **kw, name="pooler")(x_BxLxD[:, 0])
             return x_BxLxD.astype(jnp.float32)
         if self.task == "masked_lm":
             return BertOnlyMLMHead(c, **kw, name="cls")(x_BxLxD, embeddings)
         rate = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
-        x = BertPooler(c, **kw, name="pooler")(x_BxLxD) if self.task == "sequence_classification" else x_BxLxD
+        if self.task == "sequence_classification":
+            first = x_BxLxD[:, 0] if segment_starts_BxS is None else jnp.take_along_axis(
+                x_BxLxD, segment_starts_BxS[:, :, None], axis=1)  # BxD, or BxSxD for packed rows
+            x = BertPooler(c, **kw, name="pooler")(first)
+        else:
+            x = x_BxLxD
         x = Dropout(rate, self.kernels)(x, deterministic=not train)
         classifier = dense(self.num_labels, ("embed", "classes"), std=c.initializer_range, name="classifier", **kw)
         return classifier(x).astype(jnp.float32)

@@ -12,7 +12,7 @@ from scaling_jax.models.hf_config import check_heads, config_from_hf_dict, confi
 from scaling_jax.models.layers import (Dropout, Dtype, KernelsName, attend, dense, embed, layer_norm, positions,
                                        run_layers, tied_logits)
 from scaling_jax.ops import activation
-from scaling_jax.ops.masks import causal_mask, combine, padding_mask
+from scaling_jax.ops.masks import causal_mask, combine, padding_mask, segment_mask
 
 TASKS = ("base", "causal_lm", "sequence_classification")
 
@@ -151,6 +151,10 @@ class GPT2Model(nn.Module):
     Params follow notes/CONTRACTS.md (`wte`, `wpe`, `h_{i}/...`, `ln_f`, `score`); the LM head is
     tied to `wte`. `sequence_classification` reads the last position whose attention_mask is 1
     (HF reads the last token that is not pad_token_id: the same for right padding with pads).
+
+    Packed rows (data/packing.py) pass `segment_ids_BxL` (no attention across segments; 0 = padding),
+    `positions_BxL` (restarting per segment) and, for sequence classification, `segment_ends_BxS`
+    (each segment's last token): logits are then B x S x C.
     """
 
     config: GPT2Config
@@ -162,7 +166,8 @@ class GPT2Model(nn.Module):
     scan: bool = False  # run the blocks under lax.scan (same params; compile time flat in depth)
 
     @nn.compact
-    def __call__(self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, *, train: bool = False):
+    def __call__(self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, *, positions_BxL=None,
+                 segment_ids_BxL=None, segment_starts_BxS=None, segment_ends_BxS=None, train: bool = False):
         c = self.config
         if self.task not in TASKS:
             raise ConfigError(f"GPT-2 task {self.task!r} is not one of {', '.join(TASKS)}")
@@ -173,11 +178,12 @@ class GPT2Model(nn.Module):
             raise ConfigError(f"sequence length {L} exceeds n_positions {c.n_positions}")
         wte = embed(c.vocab_size, c.n_embd, ("vocab", "embed"), std=c.initializer_range, dtype=self.dtype, name="wte")
         wpe = embed(c.n_positions, c.n_embd, (None, "embed"), std=c.initializer_range, dtype=self.dtype, name="wpe")
-        x_BxLxD = wte(input_ids_BxL) + wpe(positions(L))[None]
+        x_BxLxD = wte(input_ids_BxL) + wpe(positions(L)[None] if positions_BxL is None else positions_BxL)
         if token_type_ids_BxL is not None:  # as HF: token types are looked up in wte
             x_BxLxD = x_BxLxD + wte(token_type_ids_BxL)
         x_BxLxD = Dropout(c.embd_pdrop, self.kernels)(x_BxLxD, deterministic=not train)
-        mask_Bx1xLxL = combine(causal_mask(L), padding_mask(attention_mask_BxL))
+        keys = padding_mask(attention_mask_BxL) if segment_ids_BxL is None else segment_mask(segment_ids_BxL)
+        mask_Bx1xLxL = combine(causal_mask(L), keys)
         # A block depends on its index only through scale_attn_by_inverse_layer_idx: then unroll.
         scan = self.scan and not c.scale_attn_by_inverse_layer_idx
         x_BxLxD = run_layers(self, GPT2Block, lambda i: (c, i, self.dtype, self.kernels), c.n_layer, "h_", x_BxLxD,
@@ -187,14 +193,17 @@ class GPT2Model(nn.Module):
             return x_BxLxD.astype(jnp.float32)
         if self.task == "causal_lm":
             return tied_logits(x_BxLxD, wte.embedding, self.dtype)
-        if attention_mask_BxL is None:
-            last_B = jnp.full((B,), L - 1, jnp.int32)
+        if segment_ends_BxS is not None:  # packed rows: one pooled position per segment
+            x_last = jnp.take_along_axis(x_BxLxD, segment_ends_BxS[:, :, None], axis=1)  # BxSxD
         else:
-            last_B = jnp.max(jnp.where(jnp.asarray(attention_mask_BxL) != 0, positions(L)[None], 0), axis=-1)
-        x_BxD = jnp.take_along_axis(x_BxLxD, last_B[:, None, None], axis=1)[:, 0]
+            if attention_mask_BxL is None:
+                last_B = jnp.full((B,), L - 1, jnp.int32)
+            else:
+                last_B = jnp.max(jnp.where(jnp.asarray(attention_mask_BxL) != 0, positions(L)[None], 0), axis=-1)
+            x_last = jnp.take_along_axis(x_BxLxD, last_B[:, None, None], axis=1)[:, 0]  # BxD
         score = dense(self.num_labels, ("embed", "classes"), std=c.initializer_range, dtype=self.dtype,
                       kernels=self.kernels, name="score", use_bias=False)
-        return score(x_BxD).astype(jnp.float32)
+        return score(x_last).astype(jnp.float32)
 
 
 __all__ = ["GPT2Config", "GPT2Model", "TASKS"]

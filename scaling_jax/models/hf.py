@@ -32,6 +32,9 @@ from scaling_jax.tree import flat_dict as _flat, unflat_dict as _unflat
 log = logging.getLogger(__name__)
 
 CLASSIFY_TASKS = ("token_classification", "sequence_classification")
+# Batch keys of packed rows -> the models' keyword arguments (shape-suffixed).
+PACKED_INPUTS = {"positions": "positions_BxL", "segment_ids": "segment_ids_BxL",
+                 "segment_starts": "segment_starts_BxS", "segment_ends": "segment_ends_BxS"}
 LM_TASKS = ("masked_lm", "causal_lm")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
@@ -285,12 +288,17 @@ class Pretrained:
     unused: list[str] = field(default_factory=list)
 
     def apply(self, params, input_ids, attention_mask=None, token_type_ids=None, *, train: bool = False,
-              rng: jax.Array | None = None) -> jax.Array:
+              rng: jax.Array | None = None, **packed: jax.Array) -> jax.Array:
         """Logits (float32): BxLxC / BxC / BxLxV by task, the last hidden state BxLxD for `base`.
-        `rng` feeds dropout when `train` is true."""
+        `rng` feeds dropout when `train` is true. `packed`: a packed batch's `positions`,
+        `segment_ids`, `segment_starts`, `segment_ends` (data/packing.py; sequence-level logits
+        are then B x S x C, one per segment)."""
         rngs = {"dropout": rng} if rng is not None else None
+        unknown = set(packed) - set(PACKED_INPUTS)
+        if unknown:
+            raise TypeError(f"apply() got unexpected inputs {sorted(unknown)}; packed inputs: {', '.join(PACKED_INPUTS)}")
         return self.module.apply({"params": params}, input_ids, attention_mask, token_type_ids, train=train,
-                                 rngs=rngs)
+                                 rngs=rngs, **{PACKED_INPUTS[k]: v for k, v in packed.items()})
 
     def abstract_variables(self):
         """`jax.eval_shape` of init: ShapeDtypeStructs boxed with their logical axis names."""

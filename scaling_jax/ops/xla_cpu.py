@@ -2,13 +2,19 @@
 level by `scaling-jax bench --kernels` (each docstring says what it buys). Chosen only on the CPU.
 
 - `dropout_mask`: threefry written in jnp, 16-bit draws (jax lowers its threefry primitive on CPU as
-  a rolled while loop, one pass over memory per 4 rounds).
-- bf16 `linear` and bf16 attention with dropout: every GEMM forward and backward a batch-leading,
-  row-major bf16 x bf16 -> f32 product, which XLA:CPU runs on its fast (AMX / AVX512-BF16) path;
-  autodiff's transposed, mixed-dtype dots run at the float32 rate there.
+  a rolled while loop, one pass over memory per 4 rounds). Whole step, bench shape, 2-core AMD EPYC
+  (2026-12-01): float32 1.12x, bf16 1.06x over jax.random.bernoulli.
+- bf16 `linear` and bf16 attention with dropout, only on a CPU with bf16 dot instructions
+  (hostmem.cpu_info: AVX512-BF16, AMX, Arm BF16): every GEMM forward and backward a batch-leading,
+  row-major bf16 x bf16 -> f32 product, which XLA:CPU runs on that fast path; autodiff's
+  transposed, mixed-dtype dots run at the float32 rate there (whole bf16 step 643 -> 498 ms with
+  `matmul_acc32`, then 1.1x more with the attention's, on a Sapphire Rapids, notes entries 6,
+  22-23). Where bf16 dots are emulated they cost: the step was 9% (linear) and 1% (attention)
+  slower with them on the AMD EPYC above, so there the plain `xla` kernels run.
 """
 from __future__ import annotations
 
+import functools
 import math
 from functools import partial
 from typing import Any
@@ -16,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from scaling_jax.hostmem import cpu_info
 from scaling_jax.ops import xla
 from scaling_jax.ops.activations import activation
 
@@ -142,13 +149,25 @@ def _bmm_bwd(b_transposed, res, g):
 batched_matmul.defvjp(_bmm_fwd, _bmm_bwd)
 
 
+@functools.lru_cache(maxsize=1)
+def native_bf16_dots() -> bool:
+    """Whether this CPU has bf16 dot instructions (the bf16 GEMM tricks pay only then)."""
+    return cpu_info()["bf16_dots"] == "native"
+
+
 def linear(x_MxK: jax.Array, w_KxN: jax.Array, b_N: jax.Array | None = None, *, act: str | None = None,
            dtype: Any = jnp.float32) -> jax.Array:
-    """`xla.linear`; in bf16, `matmul_acc32` with bias and activation on the float32 accumulator
-    (XLA:CPU emulates bf16 elementwise math with a round after every op: the erf GELU's backward
-    took 9-12 ms per layer that way), then one cast."""
-    if jnp.dtype(dtype) == jnp.float32:
+    """`xla.linear`, or `linear_acc32` for bf16 on a CPU with bf16 dot instructions."""
+    if jnp.dtype(dtype) == jnp.float32 or not native_bf16_dots():
         return xla.linear(x_MxK, w_KxN, b_N, act=act, dtype=dtype)
+    return linear_acc32(x_MxK, w_KxN, b_N, act=act, dtype=dtype)
+
+
+def linear_acc32(x_MxK: jax.Array, w_KxN: jax.Array, b_N: jax.Array | None = None, *, act: str | None = None,
+                 dtype: Any = jnp.bfloat16) -> jax.Array:
+    """`matmul_acc32` with bias and activation on the float32 accumulator (XLA:CPU emulates bf16
+    elementwise math with a round after every op: the erf GELU's backward took 9-12 ms per layer
+    that way), then one cast to `dtype`."""
     y_MxN = matmul_acc32(x_MxK.astype(dtype), w_KxN.astype(dtype))
     if b_N is not None:
         y_MxN = y_MxN + b_N
@@ -159,14 +178,22 @@ def linear(x_MxK: jax.Array, w_KxN: jax.Array, b_N: jax.Array | None = None, *, 
 
 def attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array, mask: jax.Array | None, *,
               scale: float, dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None) -> jax.Array:
-    """`xla.attention` with this module's dropout bits; in bf16 with dropout (and as many key/value
-    heads as query heads), the heads moved first as arrays of their own so the batched GEMMs forward
-    and backward are bf16 NN/NT products (`batched_matmul`)."""
+    """`xla.attention` with this module's dropout bits; `attention_bmm` for bf16 with dropout on a
+    CPU with bf16 dot instructions."""
     if dropout_rng is None or dropout_rate == 0.0:
         return xla.attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, scale=scale)
-    if q_BxTxNxH.dtype == jnp.float32 or q_BxTxNxH.shape[2] != k_BxSxKxH.shape[2]:
+    if q_BxTxNxH.dtype == jnp.float32 or q_BxTxNxH.shape[2] != k_BxSxKxH.shape[2] or not native_bf16_dots():
         return xla.attention_with_dropout(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, scale=scale, rate=dropout_rate,
                                           rng=dropout_rng, mask_fn=dropout_mask)
+    return attention_bmm(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, scale=scale, dropout_rate=dropout_rate,
+                         dropout_rng=dropout_rng)
+
+
+def attention_bmm(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array, mask: jax.Array | None, *,
+                  scale: float, dropout_rate: float, dropout_rng: jax.Array) -> jax.Array:
+    """bf16 attention with dropout (as many key/value heads as query heads), the heads moved first
+    as arrays of their own so the batched GEMMs forward and backward are bf16 NN/NT products
+    (`batched_matmul`)."""
     heads = lambda t: materialized_transpose(t, (0, 2, 1, 3), _first(t))
     logits_BxNxTxS = batched_matmul(heads(q_BxTxNxH), heads(k_BxSxKxH), True) * scale
     probs = xla.dropped_softmax(logits_BxNxTxS, mask, dropout_rate, dropout_rng, dropout_mask)
@@ -174,5 +201,5 @@ def attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array, 
     return materialized_transpose(out_BxNxTxH, (0, 2, 1, 3), _first(out_BxNxTxH))
 
 
-__all__ = ["linear", "attention", "dropout_mask", "threefry2x32", "matmul_acc32", "batched_matmul",
-           "materialized_transpose"]
+__all__ = ["linear", "linear_acc32", "attention", "attention_bmm", "dropout_mask", "native_bf16_dots", "threefry2x32",
+           "matmul_acc32", "batched_matmul", "materialized_transpose"]

@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-IGNORE_INDEX = -100
+from scaling_jax.metrics import IGNORE_INDEX
+
 
 
 def _masked_xent(logits_NxC: jax.Array, labels_N: jax.Array, mask_N: jax.Array):
@@ -18,15 +19,19 @@ def _masked_xent(logits_NxC: jax.Array, labels_N: jax.Array, mask_N: jax.Array):
 
 
 def causal_lm_loss(logits_BxLxV: jax.Array, batch: dict):
-    """Next-token loss: position t predicts token t+1; a target is counted when it is a real token."""
+    """Next-token loss: position t predicts token t+1; a target is counted when both are real tokens
+    and, in packed rows (`segment_ids`), of the same document."""
     ids_BxL = batch["input_ids"]
     mask_BxL = batch.get("attention_mask")
     if mask_BxL is None:
         mask_BxL = jnp.ones_like(ids_BxL)
+    counted_BxL1 = (mask_BxL[:, 1:] * mask_BxL[:, :-1]) > 0
+    if "segment_ids" in batch:
+        seg_BxL = batch["segment_ids"]
+        counted_BxL1 = counted_BxL1 & (seg_BxL[:, 1:] == seg_BxL[:, :-1])
     logits = logits_BxLxV[:, :-1]
     B, L1, V = logits.shape
-    return _masked_xent(logits.reshape(B * L1, V), ids_BxL[:, 1:].reshape(-1),
-                        (mask_BxL[:, 1:] * mask_BxL[:, :-1]).reshape(-1) > 0)
+    return _masked_xent(logits.reshape(B * L1, V), ids_BxL[:, 1:].reshape(-1), counted_BxL1.reshape(-1))
 
 
 def token_classification_loss(logits_BxLxC: jax.Array, batch: dict):
@@ -38,8 +43,10 @@ def token_classification_loss(logits_BxLxC: jax.Array, batch: dict):
 
 
 def sequence_classification_loss(logits_BxC: jax.Array, batch: dict):
-    labels_B = batch["labels"]
-    return _masked_xent(logits_BxC, labels_B, labels_B != IGNORE_INDEX)
+    """One label per sequence: logits BxC with labels B, or packed rows' BxSxC with labels BxS
+    (-100 for an empty segment slot)."""
+    labels = batch["labels"].reshape(-1)
+    return _masked_xent(logits_BxC.reshape(labels.shape[0], -1), labels, labels != IGNORE_INDEX)
 
 
 LOSSES = {

@@ -10,6 +10,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from scaling_jax.mesh import shardings_from_logical, state_shardings_like_params
+from scaling_jax.models.hf import PACKED_INPUTS
 from scaling_jax.train.losses import loss_for_task
 from scaling_jax.train.stacked import stacked_norm
 from scaling_jax.train.state import TrainState
@@ -23,8 +24,9 @@ def _identity(params: Any) -> Any:
 
 
 def _forward(params: Any, batch: Batch, *, apply_fn: Callable, train: bool, rng: jax.Array | None):
+    packed = {k: batch[k] for k in PACKED_INPUTS if k in batch}  # packed rows (data/packing.py)
     return apply_fn(params, batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"),
-                    train=train, rng=rng)
+                    train=train, rng=rng, **packed)
 
 
 def _split_micro(x_BxN: jax.Array, k: int) -> jax.Array:
