@@ -54,7 +54,8 @@ def train(cfg: Config) -> dict[str, Any]:
         print(f"[scaling_jax] {cfg.run.name}: {summary['params_total']:,} params, "
               f"{summary['params_trainable']:,} trainable, optimizer state "
               f"{summary['opt_state_bytes'] / 2**20:.1f} MiB, mesh {summary['mesh']}, "
-              f"{len(data.train):,} train examples", flush=True)
+              f"{len(data.train):,} train {'rows (packed)' if 'segment_ids' in data.train.arrays else 'examples'}",
+              flush=True)
         if session.trainable.report:
             for line in report_lines(session.trainable.report):
                 print(f"[scaling_jax]   {line}", flush=True)
