@@ -110,3 +110,22 @@ def test_minilm_round_trip_is_byte_identical(minilm_dir, minilm_batch, tmp_path)
     model, info = transformers.BertModel.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     assert load_tokenizer(out)(SENTENCES[0])["input_ids"] == load_tokenizer(minilm_dir)(SENTENCES[0])["input_ids"]
+
+
+def test_the_tokenizer_loads_without_torch_and_encodes_as_autotokenizer():
+    """load_tokenizer reads tokenizer.json directly (AutoTokenizer's config path imports torch)."""
+    import subprocess
+    import sys
+    code = ("import sys, json; from scaling_jax.models import fetch_model, load_tokenizer; "
+            "t = load_tokenizer(fetch_model('minilm-l6')); "
+            "w = ['Héllo', 'WORLD', '@user', 'https://x.co/abc', '#NYC', 'naïve', 'emoji😀']; e = t(w, is_split_into_words=True); "
+            "print(json.dumps([e['input_ids'], e.word_ids(), 'torch' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    ids, word_ids, torch_loaded = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    assert not torch_loaded
+    from transformers import AutoTokenizer
+
+    from scaling_jax.models import fetch_model
+    ref = AutoTokenizer.from_pretrained(str(fetch_model("minilm-l6")), local_files_only=True)
+    e = ref(['Héllo', 'WORLD', '@user', 'https://x.co/abc', '#NYC', 'naïve', 'emoji😀'], is_split_into_words=True)
+    assert ids == e["input_ids"] and word_ids == e.word_ids()

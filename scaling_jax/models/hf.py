@@ -566,9 +566,18 @@ def save_pretrained(model: Pretrained, params: Any, out_dir: str | os.PathLike,
 
 
 def load_tokenizer(path: str | os.PathLike):
-    """transformers.AutoTokenizer from a local directory or alias; never a hub name."""
+    """The tokenizer of a local directory or alias; never a hub name.
+
+    A directory with tokenizer.json is read as transformers' fast tokenizer straight from that
+    file (same ids, tested against AutoTokenizer): AutoTokenizer first reads config.json through
+    transformers' config classes, which import torch where it is installed (220 MB resident).
+    """
+    model_dir = resolve_model_dir(path)
+    if (model_dir / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+        return PreTrainedTokenizerFast.from_pretrained(str(model_dir), local_files_only=True)
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(resolve_model_dir(path)), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
 
 
 __all__ = ["Pretrained", "CheckpointError", "load_pretrained", "init_model", "save_pretrained", "load_tokenizer",
