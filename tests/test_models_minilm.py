@@ -119,13 +119,14 @@ def test_the_tokenizer_loads_without_torch_and_encodes_as_autotokenizer():
     code = ("import sys, json; from scaling_jax.models import fetch_model, load_tokenizer; "
             "t = load_tokenizer(fetch_model('minilm-l6')); "
             "w = ['Héllo', 'WORLD', '@user', 'https://x.co/abc', '#NYC', 'naïve', 'emoji😀']; e = t(w, is_split_into_words=True); "
-            "print(json.dumps([e['input_ids'], e.word_ids(), 'torch' in sys.modules]))")
+            "print(json.dumps([dict(e), e.word_ids(), 'torch' in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
-    ids, word_ids, torch_loaded = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    enc, word_ids, torch_loaded = __import__("json").loads(out.stdout.strip().splitlines()[-1])
     assert not torch_loaded
     from transformers import AutoTokenizer
 
     from scaling_jax.models import fetch_model
     ref = AutoTokenizer.from_pretrained(str(fetch_model("minilm-l6")), local_files_only=True)
     e = ref(['Héllo', 'WORLD', '@user', 'https://x.co/abc', '#NYC', 'naïve', 'emoji😀'], is_split_into_words=True)
-    assert ids == e["input_ids"] and word_ids == e.word_ids()
+    assert enc == dict(e) and word_ids == e.word_ids()  # every key: BERT's token_type_ids too
+    assert set(enc) == {"input_ids", "token_type_ids", "attention_mask"}

@@ -574,8 +574,17 @@ def load_tokenizer(path: str | os.PathLike):
     """
     model_dir = resolve_model_dir(path)
     if (model_dir / "tokenizer.json").is_file():
-        from transformers import PreTrainedTokenizerFast
-        return PreTrainedTokenizerFast.from_pretrained(str(model_dir), local_files_only=True)
+        import transformers
+        cls = transformers.PreTrainedTokenizerFast
+        config_path = model_dir / "tokenizer_config.json"
+        if config_path.is_file():  # its class sets model_input_names (BERT's adds token_type_ids)
+            name = json.loads(config_path.read_text()).get("tokenizer_class") or ""
+            for candidate in (name, name.removesuffix("Fast") + "Fast", name.removesuffix("Fast")):
+                found = getattr(transformers, candidate, None) if candidate else None
+                if isinstance(found, type) and issubclass(found, transformers.PreTrainedTokenizerBase):
+                    cls = found
+                    break
+        return cls.from_pretrained(str(model_dir), local_files_only=True)
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
 
