@@ -295,3 +295,63 @@ def test_read_only_checkpointer_restores_and_leaves_the_directory_alone(tmp_path
         with pytest.raises(ValueError, match="read-only"):
             reader.save(2, small, extra={})
     assert in_flight.exists()
+
+
+@_orbax_read_noise
+def test_a_flipped_bit_in_array_data_is_caught_and_the_previous_step_used(tmp_path, mesh8, caplog):
+    # Random bits do not compress, so the array's bytes lie verbatim in the OCDBT data files
+    # (checkpoints/N/state/ocdbt.process_0/d/...): flip one of them, keeping the file's size.
+    bits = jax.random.bits(jax.random.key(1), (64, 64), jnp.uint32)
+    sharding = NamedSharding(mesh8, P("data", "tensor"))
+    state = {"w": jax.device_put(bits, sharding), "b": jnp.arange(16.0)}
+    target = {"w": jax.ShapeDtypeStruct((64, 64), jnp.uint32, sharding=sharding),
+              "b": jax.ShapeDtypeStruct((16,), jnp.float32, sharding=NamedSharding(mesh8, P()))}
+    with _ckpt(tmp_path, async_save=False) as ckpt:
+        ckpt.save(10, state, extra={"at": 10})
+        ckpt.save(20, state, extra={"at": 20})
+    needle = np.asarray(bits)[:4, :8].tobytes()[:64]  # the start of the first shard (rows 0-31, cols 0-31)
+    hits = [f for f in (tmp_path / "20" / "state").rglob("*")
+            if f.is_file() and f.parent.name == "d" and needle in f.read_bytes()]
+    assert len(hits) == 1 and "ocdbt.process_0" in str(hits[0]), hits
+    raw = bytearray(hits[0].read_bytes())
+    raw[raw.index(needle) + 5] ^= 0x10
+    hits[0].write_bytes(bytes(raw))
+    with _ckpt(tmp_path) as ckpt, caplog.at_level(logging.WARNING, logger="scaling_jax.checkpoint"):
+        step, restored, extra = ckpt.restore_latest(target)
+    assert (step, extra) == (10, {"at": 10})
+    np.testing.assert_array_equal(np.asarray(restored["w"]), np.asarray(bits))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "checkpoint step 20 is unreadable (array w does not match the checksum" in warnings[0]
+    assert "using step 10 instead" in warnings[0]
+
+
+def test_checksums_ignore_the_sharding_and_see_one_flipped_bit_in_any_dtype(mesh8):
+    from scaling_jax.checksum import tree_checksums
+    rng = np.random.default_rng(0)
+    arrays = {"f32": rng.normal(size=(8, 16)).astype(np.float32), "bf16": rng.normal(size=(8, 16)).astype(jnp.bfloat16),
+              "i8": rng.integers(-128, 127, (8, 16), dtype=np.int8), "mask": rng.random((8, 16)) < 0.5,
+              "scalar": np.float32(3.5)}
+    shards = {"row": NamedSharding(mesh8, P(("data", "fsdp"), "tensor")), "col": NamedSharding(mesh8, P(None, "data")),
+              "one": NamedSharding(mesh8, P())}
+    sums = {name: tree_checksums({k: jax.device_put(v, NamedSharding(s.mesh, P()) if np.ndim(v) == 0 else s)
+                                  for k, v in arrays.items()}) for name, s in shards.items()}
+    assert sums["row"] == sums["col"] == sums["one"]
+    key = jax.random.key(3)
+    assert tree_checksums({"k": key}) == tree_checksums({"k": jax.random.key(3)}) != tree_checksums({"k": jax.random.key(4)})
+    for name, a in arrays.items():
+        for index in (0, a.size - 1):
+            flipped = a.copy().reshape(-1)
+            if a.dtype == bool:
+                flipped[index] = ~flipped[index]
+            else:
+                view = flipped.view(np.uint8 if a.dtype.itemsize == 1 else np.uint16 if a.dtype.itemsize == 2 else np.uint32)
+                view[index] ^= 1 << (view.dtype.itemsize * 8 - 1)  # the top bit: the sign
+            flipped = flipped.reshape(a.shape)
+            changed = tree_checksums({**arrays, name: flipped})
+            assert changed[name] != sums["one"][name], (name, index)
+            assert {k: v for k, v in changed.items() if k != name} == {k: v for k, v in sums["one"].items() if k != name}
+    # Two values swapped: the same multiset of words, caught by the index-weighted sums.
+    swapped = arrays["f32"].copy()
+    swapped[0, 0], swapped[0, 1] = swapped[0, 1], swapped[0, 0]
+    assert tree_checksums({"f32": swapped})["f32"] != sums["one"]["f32"]
