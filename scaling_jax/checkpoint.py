@@ -6,6 +6,8 @@ import json
 import logging
 import math
 import os
+import sys
+import traceback
 from typing import Any, NamedTuple
 
 import jax
@@ -207,6 +209,7 @@ class Checkpointer:
         when checkpoints exist but none can be read.
         """
         target = _as_target(abstract_state)
+        _quiet_abandoned_reads()
         self.wait()
         self._manager.reload()  # see steps written since this object was made (e.g. by a trainer)
         steps = sorted(self._manager.all_steps(), reverse=True)
@@ -234,6 +237,7 @@ class Checkpointer:
         if not self.best_k:
             raise ValueError(f"{self.directory}: best_k=0, this Checkpointer keeps no best checkpoints")
         target = _as_target(abstract_state)
+        _quiet_abandoned_reads()
         self.wait()
         self._manager.reload()  # see steps written since this object was made (e.g. by a trainer)
         ranked = []
@@ -408,7 +412,35 @@ def _some(items: list[str], n: int = 8) -> str:
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
+    text = text.split(" See full TensorStore details:")[0]  # then a repr of the spec, no use in one line
     return (text.splitlines()[0] if text else "")[:300]
+
+
+def _quiet_abandoned_reads() -> None:
+    """Keeps a failed restore to its one warning. When one array of a step cannot be read, Orbax's
+    `asyncio_utils.run_sync` raises and closes its event loop while TensorStore still reads the
+    other arrays; each read that completes later calls `loop.call_soon_threadsafe` on the closed
+    loop from a TensorStore thread, and CPython reports every one as an unraisable
+    `RuntimeError('Event loop is closed')` with a traceback: thousands of lines for a real model,
+    about a result nobody waits for. This `sys.unraisablehook` drops exactly those (counted in
+    `ABANDONED_READS`) and hands everything else to the previous hook. Installed once."""
+    if getattr(sys.unraisablehook, "_drops_abandoned_reads", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+                and unraisable.object is None
+                and any(f.name == "call_soon_threadsafe" for f in traceback.extract_tb(unraisable.exc_traceback))):
+            ABANDONED_READS[0] += 1
+            return
+        previous(unraisable)
+
+    hook._drops_abandoned_reads = True
+    sys.unraisablehook = hook
+
+
+ABANDONED_READS = [0]  # reads of failed restores that finished after their event loop closed
 
 
 def _json_digest(value: Any) -> str:

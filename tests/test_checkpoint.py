@@ -137,8 +137,10 @@ def _wait_until_gone(path: Path, timeout_s: float = 20.0) -> bool:
 
 
 # A failed tensorstore read can leave a callback on an already closed asyncio loop inside Orbax;
-# Python reports it as "unraisable". It is Orbax's noise, not an error that is lost.
-_orbax_read_noise = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+# A failed read used to leave TensorStore callbacks on Orbax's closed event loop, which Python
+# reported as "unraisable" (thousands of traceback lines on a real model). The Checkpointer drops
+# exactly those; any other unraisable exception fails these tests.
+_orbax_read_noise = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 
 
 @_orbax_read_noise
@@ -168,7 +170,8 @@ def test_interrupted_saves_are_ignored_cleaned_up_and_the_previous_step_restored
 
 
 @_orbax_read_noise
-@pytest.mark.parametrize("damage", ["truncate data files", "delete data files", "delete array metadata"])
+@pytest.mark.parametrize("damage", ["truncate data files", "delete data files", "delete array metadata",
+                                    "overwrite data files"])
 def test_corrupt_latest_is_refused_with_a_warning_and_the_previous_good_one_used(
         tmp_path, mesh8, state8, caplog, damage):
     with _ckpt(tmp_path, async_save=False) as ckpt:
@@ -183,6 +186,9 @@ def test_corrupt_latest_is_refused_with_a_warning_and_the_previous_good_one_used
     elif damage == "delete data files":
         for f in data_files:
             f.unlink()
+    elif damage == "overwrite data files":  # same sizes, other bytes
+        for f in data_files:
+            f.write_bytes(np.random.default_rng(0).bytes(f.stat().st_size))
     else:
         (state_dir / "_METADATA").unlink()
     with _ckpt(tmp_path) as ckpt, caplog.at_level(logging.WARNING, logger="scaling_jax.checkpoint"):
@@ -309,7 +315,7 @@ def test_a_flipped_bit_in_array_data_is_caught_and_the_previous_step_used(tmp_pa
     with _ckpt(tmp_path, async_save=False) as ckpt:
         ckpt.save(10, state, extra={"at": 10})
         ckpt.save(20, state, extra={"at": 20})
-    needle = np.asarray(bits)[:4, :8].tobytes()[:64]  # the start of the first shard (rows 0-31, cols 0-31)
+    needle = np.asarray(bits)[0, :16].tobytes()  # the start of the first shard (rows 0-31, cols 0-31)
     hits = [f for f in (tmp_path / "20" / "state").rglob("*")
             if f.is_file() and f.parent.name == "d" and needle in f.read_bytes()]
     assert len(hits) == 1 and "ocdbt.process_0" in str(hits[0]), hits
@@ -355,3 +361,29 @@ def test_checksums_ignore_the_sharding_and_see_one_flipped_bit_in_any_dtype(mesh
     swapped = arrays["f32"].copy()
     swapped[0, 0], swapped[0, 1] = swapped[0, 1], swapped[0, 0]
     assert tree_checksums({"f32": swapped})["f32"] != sums["one"]["f32"]
+
+
+def test_only_the_late_callbacks_of_an_abandoned_read_are_kept_quiet(monkeypatch):
+    import asyncio
+    import sys
+    from types import SimpleNamespace
+
+    from scaling_jax import checkpoint
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    checkpoint._quiet_abandoned_reads()
+    checkpoint._quiet_abandoned_reads()  # once is enough: not wrapped twice
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:  # what a TensorStore read that finishes after the restore gave up runs into
+        loop.call_soon_threadsafe(lambda: None)
+    except RuntimeError as e:
+        late = e
+    before = checkpoint.ABANDONED_READS[0]
+    sys.unraisablehook(SimpleNamespace(exc_type=RuntimeError, exc_value=late, exc_traceback=late.__traceback__,
+                                       object=None, err_msg=None))
+    assert seen == [] and checkpoint.ABANDONED_READS[0] == before + 1
+    other = SimpleNamespace(exc_type=RuntimeError, exc_value=RuntimeError("Event loop is closed"),
+                            exc_traceback=None, object=None, err_msg=None)  # not from call_soon_threadsafe
+    sys.unraisablehook(other)
+    assert seen == [other]
