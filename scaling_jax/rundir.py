@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from scaling_jax.errors import RunDirLockedError
+from scaling_jax.errors import OutputExistsError, RunDirLockedError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ class RunDirLock:
     def acquire(self) -> RunDirLock:
         if self._fd is not None:
             raise RuntimeError(f"{self.path}: already held by this object")
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise OutputExistsError(f"run.dir={self.run_dir}: exists and is not a directory")
         self._created_dir = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for attempt in range(2):
