@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 from scaling_jax import distributed
 from scaling_jax.config import Config, config_text, to_dict
 from scaling_jax.data.sampler import batch_indices
-from scaling_jax.errors import CheckpointMismatchError, ConfigError, NonFiniteLossError, RunDirLockedError
+from scaling_jax.errors import (CheckpointMismatchError, ConfigError, NonFiniteLossError, RunDirLockedError,
+                                ScalingJaxError)
 from scaling_jax.metrics_log import MetricsWriter
 from scaling_jax.preemption import EXIT_PREEMPTED, PreemptionGuard
 from scaling_jax.rundir import RunDirLock, write_text_atomic
@@ -104,9 +105,12 @@ def _train(cfg: Config, main: bool) -> dict[str, Any]:
         result = _fit(cfg, main, session, summary, ckpt, writer, restored)
     except BaseException as e:
         last = ckpt.last_committed_step()  # commit the save in flight before leaving
-        if main and not isinstance(e, NonFiniteLossError):  # that one names the step itself
-            where = (f"the last committed checkpoint is step {last} in {ckpt.directory}" if last is not None
-                     else f"no checkpoint is committed in {ckpt.directory}")
+        where = (f"the last committed checkpoint is step {last} in {ckpt.directory}" if last is not None
+                 else f"no checkpoint is committed in {ckpt.directory}")
+        if isinstance(e, ScalingJaxError):  # one line for the user: say it in the error itself
+            if not isinstance(e, NonFiniteLossError) and len(e.args) == 1:  # that one says it already
+                e.args = (f"{e.args[0]}; {where}",)
+        elif main:
             print(f"[scaling_jax] stopped by {type(e).__name__}; {where}", file=sys.stderr, flush=True)
         _close_quietly(ckpt)
         writer.close()
