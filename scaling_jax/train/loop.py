@@ -231,6 +231,9 @@ def _fit(cfg: Config, main: bool, session, summary: dict, ckpt, writer: MetricsW
             log_train(pending[0], check(*pending))
     bar.close()
     ckpt.wait()
+    if skips["total"] and skips["total"] == step - step0:
+        raise NonFiniteLossError(f"train.nan_policy=skip: every one of the {skips['total']} steps had a non-finite "
+                                 f"loss or gradient and was skipped; nothing was trained")
     if skips["total"]:
         log.warning("train.nan_policy=skip: %d of %d steps had a non-finite loss or gradient and were skipped",
                     skips["total"], step - step0)
