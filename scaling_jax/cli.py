@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return fn(args)
     except ScalingJaxError as e:  # the user's to fix: one line; anything else keeps its traceback
-        print(f"scaling-jax {verb}: error: {e}", file=sys.stderr)
+        print(f"scaling-jax {verb}: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 2
 
 

@@ -299,7 +299,10 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
         line = path.read_bytes()[:e.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{where}: not valid YAML: {what}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (run:, model:, data:, ...), "
                           f"got a {type(data).__name__}")

@@ -92,7 +92,11 @@ def test_a_yaml_file_that_is_not_a_mapping_or_not_utf8_is_one_line_naming_the_fi
     latin.write_bytes(b"run:\n  name: caf\xe9\n")
     with pytest.raises(ConfigError, match=r"latin\.yaml:2: not UTF-8 text"):
         load_config(latin)
-    for path in (listed, latin):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("run: [\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml:2:1: not valid YAML: expected the node content"):
+        load_config(broken)  # before: yaml's three-line message
+    for path in (listed, latin, broken):
         assert cli.main(["train", str(path)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("scaling-jax train: error: ") and path.name in err[0]
