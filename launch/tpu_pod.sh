@@ -19,11 +19,26 @@ tpu_name=$1
 zone=$2
 shift 2
 
-remote_dir=${REMOTE_DIR:-'~/scaling_jax'}  # expanded by the remote shell
-# The command each worker's shell runs; every user argument is quoted for that shell.
-remote="cd ${remote_dir} && SCALING_JAX_INIT_TIMEOUT_S=${SCALING_JAX_INIT_TIMEOUT_S:-600}"
-remote+=" SCALING_JAX_HEARTBEAT_TIMEOUT_S=${SCALING_JAX_HEARTBEAT_TIMEOUT_S:-100}"
-remote+=" PYTHONUNBUFFERED=1 scaling-jax ${VERB:-train}$(printf ' %q' "$@")"
+verb=${VERB:-train}
+init_timeout=${SCALING_JAX_INIT_TIMEOUT_S:-600}
+heartbeat_timeout=${SCALING_JAX_HEARTBEAT_TIMEOUT_S:-100}
+for pair in "SCALING_JAX_INIT_TIMEOUT_S=$init_timeout" "SCALING_JAX_HEARTBEAT_TIMEOUT_S=$heartbeat_timeout"; do
+    if ! [[ ${pair#*=} =~ ^[0-9]+$ ]]; then
+        echo "launch/tpu_pod.sh: ${pair%%=*} must be a whole number of seconds, got '${pair#*=}'" >&2
+        exit 2
+    fi
+done
+remote_dir=${REMOTE_DIR:-'~/scaling_jax'}
+# The command each worker's shell runs: every value is quoted for that shell (printf %q), except
+# a leading ~ of REMOTE_DIR, left for the remote shell to expand to the worker's home.
+if [[ $remote_dir == "~" || $remote_dir == "~/"* ]]; then
+    remote_dir_q="~$(printf '%q' "${remote_dir:1}")"
+else
+    remote_dir_q=$(printf '%q' "$remote_dir")
+fi
+remote="cd ${remote_dir_q} && SCALING_JAX_INIT_TIMEOUT_S=$(printf '%q' "$init_timeout")"
+remote+=" SCALING_JAX_HEARTBEAT_TIMEOUT_S=$(printf '%q' "$heartbeat_timeout")"
+remote+=" PYTHONUNBUFFERED=1 scaling-jax $(printf '%q' "$verb")$(printf ' %q' "$@")"
 
 cmd=(gcloud compute tpus tpu-vm ssh "$tpu_name" --zone "$zone" --worker=all)
 [[ -n "${PROJECT:-}" ]] && cmd+=(--project "$PROJECT")

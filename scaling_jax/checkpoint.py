@@ -1,22 +1,27 @@
 """Orbax checkpoints of the train state: latest k for resume, best k by a metric, restored into target shardings."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import sys
+import traceback
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from scaling_jax.checksum import tree_checksums
 from scaling_jax.errors import CheckpointMismatchError, ConfigError, NoReadableCheckpointError
 from scaling_jax.tree import path_str as _path_str
 
 log = logging.getLogger(__name__)
 
 _STATE, _EXTRA = "state", "extra"  # item names inside each step directory
+_CHECKSUMS = "__checksums__"  # the key in `extra` that holds the step's checksums (removed on restore)
 
 
 class StepNotAboveLatestError(ValueError):
@@ -40,6 +45,10 @@ class Checkpointer:
     Retention is the union of two Orbax preservation policies: `LatestN(max_to_keep)`, so the
     newest checkpoints for resume are never evicted by best-k retention, and, when `best_k > 0`,
     `BestN(best_k)` ranked by `metrics[best_metric]`. One directory, no copies.
+
+    Integrity: every save records a checksum of each array (`scaling_jax.checksum`, computed on
+    device, independent of the sharding) and of `extra`, committed with the step; a restore
+    recomputes them and treats a step whose bytes changed (a flipped bit) as unreadable.
 
     Multi-host: every process calls every method with the same arguments (Orbax does the
     coordination). `extra` must be the same on every process; Orbax writes the primary's copy.
@@ -136,8 +145,10 @@ class Checkpointer:
             raise ValueError(f"{self.directory}: this Checkpointer is read-only")
         if not isinstance(extra, dict):
             raise TypeError(f"extra must be a JSON dict, got {type(extra).__name__}")
+        if _CHECKSUMS in extra:
+            raise ValueError(f"extra may not use the reserved key {_CHECKSUMS!r}")
         try:
-            json.dumps(extra, allow_nan=True)
+            extra_text = json.dumps(extra, allow_nan=True)
         except (TypeError, ValueError) as e:  # fail here, not in the background writer
             raise TypeError(f"extra is not JSON-serializable: {e}") from e
         best_metrics = self._best_metrics(step, metrics)
@@ -148,7 +159,9 @@ class Checkpointer:
             raise StepNotAboveLatestError(
                 f"{self.directory}: asked to save step {step}, but step {latest} is already saved; "
                 f"steps must increase")
-        args = ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state), _EXTRA: ocp.args.JsonSave(extra)})
+        checksums = {"arrays": tree_checksums(state), "extra": _json_digest(json.loads(extra_text))}
+        stored = {**extra, _CHECKSUMS: checksums}
+        args = ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state), _EXTRA: ocp.args.JsonSave(stored)})
         with jax.transfer_guard("allow"):  # checkpointing is a deliberate device->host copy
             saved = self._manager.save(step, args=args, metrics=best_metrics, force=True)
         if not saved:  # force=True always saves or raises; guard the contract anyway
@@ -196,6 +209,7 @@ class Checkpointer:
         when checkpoints exist but none can be read.
         """
         target = _as_target(abstract_state)
+        _quiet_abandoned_reads()
         self.wait()
         self._manager.reload()  # see steps written since this object was made (e.g. by a trainer)
         steps = sorted(self._manager.all_steps(), reverse=True)
@@ -206,14 +220,13 @@ class Checkpointer:
             try:
                 state, extra = self._restore_step(step, target)
             except _Unreadable as e:
-                log.warning("%s: checkpoint step %d is unreadable (%s); trying the previous one",
-                            self.directory, step, e)
                 failures.append((step, str(e)))
                 continue
-            if failures:
+            if failures:  # one line for the whole fallback
                 self._bad_steps.update(s for s, _ in failures)
-                log.warning("%s: resuming from step %d; unreadable newer steps %s are skipped and will "
-                            "be deleted at the next save", self.directory, step, [s for s, _ in failures])
+                log.warning("%s: %s; using step %d instead (the unreadable step%s deleted at the next "
+                            "save)", self.directory, _unreadable_list(failures), step,
+                            " is" if len(failures) == 1 else "s are")
             return Restored(step, state, extra)
         raise NoReadableCheckpointError(_failure_report(self.directory, failures))
 
@@ -224,6 +237,7 @@ class Checkpointer:
         if not self.best_k:
             raise ValueError(f"{self.directory}: best_k=0, this Checkpointer keeps no best checkpoints")
         target = _as_target(abstract_state)
+        _quiet_abandoned_reads()
         self.wait()
         self._manager.reload()  # see steps written since this object was made (e.g. by a trainer)
         ranked = []
@@ -243,10 +257,11 @@ class Checkpointer:
             try:
                 state, extra = self._restore_step(step, target)
             except _Unreadable as e:
-                log.warning("%s: best checkpoint step %d is unreadable (%s); trying the next best",
-                            self.directory, step, e)
                 failures.append((step, str(e)))
                 continue
+            if failures:
+                log.warning("%s: best %s; using the next best, step %d", self.directory,
+                            _unreadable_list(failures), step)
             return Restored(step, state, extra)
         if failures:
             raise NoReadableCheckpointError(_failure_report(self.directory, failures))
@@ -276,7 +291,25 @@ class Checkpointer:
                                   f"expected {t.dtype}{list(t.shape)}")
             if not a.sharding.is_equivalent_to(t.sharding, a.ndim):
                 raise _Unreadable(f"{_path_str(path)} restored with sharding {a.sharding}, expected {t.sharding}")
+        extra = dict(extra)
+        self._verify(step, state, extra, extra.pop(_CHECKSUMS, None))
         return state, extra
+
+    def _verify(self, step: int, state: Any, extra: dict, checksums: Any) -> None:
+        """Recomputes the checksums saved with `step`; a difference means changed bytes on disk."""
+        if checksums is None:
+            log.warning("%s: checkpoint step %d has no checksums (written before they were recorded); "
+                        "its bytes are not verified", self.directory, step)
+            return
+        if not isinstance(checksums, dict) or not isinstance(checksums.get("arrays"), dict):
+            raise _Unreadable("its checksum record is malformed")
+        saved, read = checksums["arrays"], tree_checksums(state)
+        bad = [k for k in read if saved.get(k) != read[k]]
+        if bad:
+            more = f" (and {len(bad) - 1} more array{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
+            raise _Unreadable(f"array {bad[0]} does not match the checksum saved with it{more}")
+        if checksums.get("extra") != _json_digest(extra):
+            raise _Unreadable("its extra JSON does not match the checksum saved with it")
 
     def _check_matches(self, step: int, target: Any) -> None:
         """Compares the target tree with the step's saved metadata: unreadable metadata means a
@@ -316,6 +349,18 @@ class Checkpointer:
     def wait(self) -> None:
         """Blocks until the async save in flight is written; raises its error, if any."""
         self._manager.wait_until_finished()
+
+    def last_committed_step(self) -> int | None:
+        """Waits for the save in flight to commit, then returns the newest committed step (None:
+        none). For a loop about to stop on an error: a failed commit is logged, not raised (the
+        error being handled matters more), and its step is not reported."""
+        try:
+            self.wait()
+        except Exception as e:  # noqa: BLE001 - reported, and the step is left out below
+            log.warning("%s: the checkpoint save in flight failed: %s: %s", self.directory,
+                        type(e).__name__, _first_line(e))
+        self._manager.reload()
+        return self.latest_step()
 
     def close(self) -> None:
         """Waits for the save in flight (raising its error) and releases Orbax's resources."""
@@ -367,7 +412,45 @@ def _some(items: list[str], n: int = 8) -> str:
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
+    text = text.split(" See full TensorStore details:")[0]  # then a repr of the spec, no use in one line
     return (text.splitlines()[0] if text else "")[:300]
+
+
+def _quiet_abandoned_reads() -> None:
+    """Keeps a failed restore to its one warning. When one array of a step cannot be read, Orbax's
+    `asyncio_utils.run_sync` raises and closes its event loop while TensorStore still reads the
+    other arrays; each read that completes later calls `loop.call_soon_threadsafe` on the closed
+    loop from a TensorStore thread, and CPython reports every one as an unraisable
+    `RuntimeError('Event loop is closed')` with a traceback: thousands of lines for a real model,
+    about a result nobody waits for. This `sys.unraisablehook` drops exactly those (counted in
+    `ABANDONED_READS`) and hands everything else to the previous hook. Installed once."""
+    if getattr(sys.unraisablehook, "_drops_abandoned_reads", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+                and unraisable.object is None
+                and any(f.name == "call_soon_threadsafe" for f in traceback.extract_tb(unraisable.exc_traceback))):
+            ABANDONED_READS[0] += 1
+            return
+        previous(unraisable)
+
+    hook._drops_abandoned_reads = True
+    sys.unraisablehook = hook
+
+
+ABANDONED_READS = [0]  # reads of failed restores that finished after their event loop closed
+
+
+def _json_digest(value: Any) -> str:
+    """SHA-256 of a JSON value in canonical form (sorted keys), as 16 hex digits."""
+    text = json.dumps(value, sort_keys=True, allow_nan=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _unreadable_list(failures: list[tuple[int, str]]) -> str:
+    return "; ".join(f"checkpoint step {s} is unreadable ({why})" for s, why in failures)
 
 
 def _failure_report(directory: str, failures: list[tuple[int, str]]) -> str:

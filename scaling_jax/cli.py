@@ -27,7 +27,8 @@ def _train(args) -> int:
     from scaling_jax.train.loop import train
     result = train(load_config(args.config, args.overrides))
     if "preempted" in result:
-        return 0
+        from scaling_jax.preemption import EXIT_PREEMPTED
+        return EXIT_PREEMPTED
     keys = ("eval", "test")
     _print_json({k: {m: v for m, v in result[k].items() if m != "report"} for k in keys if k in result})
     return 0
@@ -60,7 +61,9 @@ def _export(args) -> int:
 def _sweep(args) -> int:
     from scaling_jax.config import load_config
     from scaling_jax.commands.sweep import run_sweep
-    run_sweep(load_config(args.config, args.overrides))
+    if run_sweep(load_config(args.config, args.overrides)) is None:
+        from scaling_jax.preemption import EXIT_PREEMPTED
+        return EXIT_PREEMPTED
     return 0
 
 
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return fn(args)
     except ScalingJaxError as e:  # the user's to fix: one line; anything else keeps its traceback
-        print(f"scaling-jax {verb}: error: {e}", file=sys.stderr)
+        print(f"scaling-jax {verb}: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 2
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -295,10 +296,21 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    data.setdefault("run", {}).setdefault("name", path.stem)
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{where}: not valid YAML: {what}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (run:, model:, data:, ...), "
+                          f"got a {type(data).__name__}")
+    run = data.setdefault("run", {})
+    if isinstance(run, dict):
+        run.setdefault("name", path.stem)
     return config_from_dict(data, overrides)
 
 
@@ -309,15 +321,30 @@ def packs(cfg: Config) -> bool:
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
-    positive = {
-        "train.steps": cfg.train.steps, "data.batch_size": cfg.data.batch_size,
-        "data.seq_len": cfg.data.seq_len, "train.grad_accum": cfg.train.grad_accum,
-        "data.eval_batch_size": cfg.data.eval_batch_size, "data.eval_buckets": cfg.data.eval_buckets,
+    """Cross-field checks that types alone cannot express: sizes and cadences, finite rates,
+    lengths that fit the model. Every error names the key (or keys) at fault."""
+    at_least = {  # key: (value, minimum)
+        "train.steps": (cfg.train.steps, 1), "data.batch_size": (cfg.data.batch_size, 1),
+        "data.seq_len": (cfg.data.seq_len, 1), "train.grad_accum": (cfg.train.grad_accum, 1),
+        "data.eval_batch_size": (cfg.data.eval_batch_size, 1), "data.eval_buckets": (cfg.data.eval_buckets, 1),
+        "train.eval_every": (cfg.train.eval_every, 1), "train.log_every": (cfg.train.log_every, 1),
+        "train.patience": (cfg.train.patience, 0), "data.max_eval_batches": (cfg.data.max_eval_batches, 0),
+        "model.num_labels": (cfg.model.num_labels, 0), "model.lora_rank": (cfg.model.lora_rank, 0),
+        "optim.warmup_steps": (cfg.optim.warmup_steps, 0),
+        "checkpoint.every": (cfg.checkpoint.every, 0), "checkpoint.max_to_keep": (cfg.checkpoint.max_to_keep, 1),
+        "checkpoint.best_k": (cfg.checkpoint.best_k, 0), "distributed.num_processes": (cfg.distributed.num_processes, 0),
+        "distributed.timeout_s": (cfg.distributed.timeout_s, 0),
     }
-    for key, v in positive.items():
-        if v <= 0:
-            raise ConfigError(f"{key}: must be positive, got {v}")
+    if not cfg.model.pretrained:  # the sizes of a model built from scratch
+        m = cfg.model
+        at_least.update({"model.vocab_size": (m.vocab_size, 1), "model.d_model": (m.d_model, 1),
+                         "model.n_layers": (m.n_layers, 1), "model.n_heads": (m.n_heads, 1),
+                         "model.max_len": (m.max_len, 1), "model.d_ff": (m.d_ff, 0)})
+    for key, (v, low) in at_least.items():
+        if v < low:
+            hint = {"train.eval_every": "; to evaluate only at the end, set it to train.steps",
+                    "train.log_every": "; to log only at the end, set it to train.steps"}.get(key, "")
+            raise ConfigError(f"{key}: must be {'positive' if low == 1 else '>= 0'}, got {v}{hint}")
     if cfg.data.batch_size % cfg.train.grad_accum:
         raise ConfigError(
             f"data.batch_size={cfg.data.batch_size} is not divisible by train.grad_accum={cfg.train.grad_accum}")
@@ -325,8 +352,27 @@ def validate(cfg: Config) -> None:
         v = getattr(cfg.mesh, axis)
         if v == 0 or v < -1:
             raise ConfigError(f"mesh.{axis}: must be a positive size or -1, got {v}")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr: must be positive, got {cfg.optim.lr}")
+    o = cfg.optim
+    numbers = {  # key: (value, low, high, low inclusive); every one must also be finite
+        "optim.lr": (o.lr, 0.0, math.inf, False), "optim.weight_decay": (o.weight_decay, 0.0, math.inf, True),
+        "optim.b1": (o.b1, 0.0, 1.0, True), "optim.b2": (o.b2, 0.0, 1.0, True),
+        "optim.eps": (o.eps, 0.0, math.inf, True), "optim.end_lr_ratio": (o.end_lr_ratio, 0.0, math.inf, True),
+        "optim.clip_norm": (o.clip_norm, 0.0, math.inf, True), "model.dropout": (cfg.model.dropout, 0.0, 1.0, True),
+        "model.lora_alpha": (cfg.model.lora_alpha, 0.0, math.inf, False),
+    }
+    for key, (v, low, high, closed) in numbers.items():
+        if not math.isfinite(v):
+            raise ConfigError(f"{key}: must be a finite number, got {v}")
+        if v < low or (v == low and not closed) or v >= high:
+            bounds = f"{'[' if closed else '('}{low:g}, {high:g})"
+            raise ConfigError(f"{key}: must lie in {bounds}, got {v}")
+    m = cfg.model
+    if not m.pretrained:
+        if m.d_model % m.n_heads:
+            raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}")
+        if cfg.data.seq_len > m.max_len:
+            raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_len={m.max_len} (the "
+                              f"model's position table); lower data.seq_len or raise model.max_len")
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -354,5 +400,10 @@ def to_dict(cfg: Any) -> dict:
     return conv(cfg)
 
 
+def config_text(cfg: Config) -> str:
+    """The resolved config as YAML (what a run directory's config.yaml holds)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def dump_config(cfg: Config, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    Path(path).write_text(config_text(cfg))

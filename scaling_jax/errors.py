@@ -46,9 +46,13 @@ class NonFiniteLossError(ScalingJaxError, RuntimeError):
     """The training loss became NaN/inf; the message names the step."""
 
 
+class RunDirLockedError(ScalingJaxError, RuntimeError):
+    """Another process holds the run directory's lock; the message names it (pid, host)."""
+
+
 class FetchError(ScalingJaxError, OSError):
     """A registry download that failed or did not match its pinned checksum."""
 
 
 __all__ = ["ScalingJaxError", "ConfigError", "DataError", "MissingFileError", "OutputExistsError", "MeshError", "CheckpointError",
-           "CheckpointMismatchError", "NoReadableCheckpointError", "NonFiniteLossError", "FetchError"]
+           "CheckpointMismatchError", "NoReadableCheckpointError", "NonFiniteLossError", "RunDirLockedError", "FetchError"]

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scaling_jax.errors import DataError
+
 log = logging.getLogger(__name__)
 
 
@@ -37,11 +39,14 @@ class MetricsWriter:
                 log.info("tensorboard not installed: metrics go to metrics.jsonl only")
 
     def truncate_after(self, step: int) -> None:
+        """Keeps the rows up to `step` (a torn last line, from a write cut short, is dropped
+        with a warning); the file is replaced atomically."""
         if not self.enabled or not self.path.is_file():
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        keep = [line for line, row in _rows(self.path) if row["step"] <= step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.replace(self.path)
 
     def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         if not self.enabled:
@@ -64,4 +69,29 @@ class MetricsWriter:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a metrics.jsonl; a torn last line is dropped with a warning, any other bad line
+    raises DataError naming the file and line."""
+    return [row for _, row in _rows(Path(path))]
+
+
+def _rows(path: Path) -> list[tuple[str, dict]]:
+    """(line, row) for each line; a write cut short leaves at most the last line torn."""
+    try:
+        lines = [(n, line) for n, line in enumerate(path.read_text(errors="replace").split("\n"), start=1)
+                 if line.strip()]
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror}") from None
+    out = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not a metrics row")
+        except ValueError:
+            if i == len(lines) - 1:
+                log.warning("%s:%d: dropping a torn last line (a write cut short): %.60r", path, n, line)
+                break
+            raise DataError(f"{path}:{n}: not a metrics row (a JSON object with an integer step): "
+                            f"{line[:80]!r}") from None
+        out.append((line, row))
+    return out

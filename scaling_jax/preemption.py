@@ -12,6 +12,11 @@ from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
 
+# The exit status of a run that a stop signal ended after saving: EX_TEMPFAIL of sysexits.h
+# ("temporary failure; the user is invited to retry"), so a scheduler or script can tell a
+# preempted run (rerun it to resume) from a finished one (0) and a failed one (1, 2).
+EXIT_PREEMPTED = 75
+
 
 class PreemptionGuard:
     """Context manager: while active, SIGTERM and SIGINT only request a stop; the loop asks

@@ -54,3 +54,49 @@ def test_env_default_in_paths(monkeypatch):
     assert expand_path("${SJ_TEST_ROOT:-/a/b}/c") == Path("/a/b/c")
     monkeypatch.setenv("SJ_TEST_ROOT", "/x")
     assert expand_path("${SJ_TEST_ROOT:-/a/b}/c") == Path("/x/c")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.eval_every=0", r"train\.eval_every: must be positive, got 0; to evaluate only at the end"),
+    ("train.log_every=0", r"train\.log_every: must be positive, got 0"),
+    ("model.d_model=0", r"model\.d_model: must be positive, got 0"),
+    ("model.n_heads=0", r"model\.n_heads: must be positive, got 0"),
+    ("model.n_heads=3", r"model\.d_model=128 is not divisible by model\.n_heads=3"),
+    ("optim.lr=.nan", r"optim\.lr: must be a finite number, got nan"),
+    ("optim.lr=1e999", r"optim\.lr: must be a finite number, got inf"),
+    ("optim.lr=-1e-3", r"optim\.lr: must lie in \(0, inf\), got -0\.001"),
+    ("optim.warmup_steps=-5", r"optim\.warmup_steps: must be >= 0, got -5"),
+    ("optim.b2=1.0", r"optim\.b2: must lie in \[0, 1\), got 1\.0"),
+    ("optim.weight_decay=.inf", r"optim\.weight_decay: must be a finite number"),
+    ("model.dropout=1.5", r"model\.dropout: must lie in \[0, 1\)"),
+    ("data.seq_len=512", r"data\.seq_len=512 exceeds model\.max_len=256"),
+    ("checkpoint.max_to_keep=0", r"checkpoint\.max_to_keep: must be positive"),
+])
+def test_values_that_used_to_crash_or_pass_are_refused_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):  # before: a ZeroDivisionError later, or accepted
+        config_from_dict({}, [override])
+
+
+def test_a_pretrained_models_sizes_are_not_checked_against_the_scratch_defaults():
+    cfg = config_from_dict({}, ["model.pretrained=/some/dir", "model.d_model=0", "data.seq_len=512"])
+    assert cfg.data.seq_len == 512  # checked against the loaded model's positions instead (session)
+
+
+def test_a_yaml_file_that_is_not_a_mapping_or_not_utf8_is_one_line_naming_the_file(tmp_path, capsys):
+    from scaling_jax import cli
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- train\n- steps\n")
+    with pytest.raises(ConfigError, match=r"list\.yaml: the top level must be a mapping of sections .* got a list"):
+        load_config(listed)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"run:\n  name: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin\.yaml:2: not UTF-8 text"):
+        load_config(latin)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("run: [\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml:2:1: not valid YAML: expected the node content"):
+        load_config(broken)  # before: yaml's three-line message
+    for path in (listed, latin, broken):
+        assert cli.main(["train", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("scaling-jax train: error: ") and path.name in err[0]

@@ -129,3 +129,16 @@ def test_load_ner_errors_name_the_row(tmp_path):
 def test_load_ner_hub_name_offline_says_to_pass_local_files(tmp_path):
     with pytest.raises(DataError, match="data_files"):
         load_ner("no-such-user/no-such-ner-dataset", cache_dir=tmp_path / "c")
+
+
+def test_a_stray_inside_tag_does_not_switch_iob2_data_to_iob1_and_is_reported(caplog):
+    from scaling_jax.data.conll import entity_starts
+    from scaling_jax.data.ner import _warn_about_tags
+    iob2 = [Sentence(("a", "b", "c"), ("B-PER", "I-PER", "O"))] * 20 + [Sentence(("x", "y"), ("O", "I-LOC"))]
+    assert entity_starts(iob2) == (1, 20)
+    assert detect_scheme(iob2) == "IOB2"  # one stray I-LOC used to make it IOB1 (and drop f1_strict)
+    test = [Sentence(("z", "w"), ("B-ORG", "I-ORG"))]
+    with caplog.at_level("WARNING", logger="scaling_jax.data.ner"):
+        _warn_about_tags({"train": iob2, "valid": [], "test": test}, "IOB2")
+    assert "data.train: 1 of 21 entities begin with I-, the rest with B-: scoring as IOB2" in caplog.text
+    assert "data.test: 2 tags never seen in data.train (B-ORG x1, I-ORG x1)" in caplog.text

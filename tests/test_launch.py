@@ -214,6 +214,23 @@ def test_tpu_pod_dry_run_runs_on_every_worker():
     assert not any(part.startswith("SCALING_JAX_COORDINATOR") for part in remote)
 
 
+def test_tpu_pod_quotes_verb_remote_dir_and_timeouts_for_the_remote_shell():
+    # Before, VERB, REMOTE_DIR and the timeouts went into the remote command as they were: a
+    # space or a ';' in them ran something else on every worker.
+    out, _ = dry_run("tpu_pod.sh", "t", "z", "c.yaml", VERB="train; touch /tmp/pwned",
+                     REMOTE_DIR="/opt/my runs;x", SCALING_JAX_HEARTBEAT_TIMEOUT_S="90")
+    argv = shlex.split(out)
+    remote = shlex.split(argv[argv.index("--command") + 1])
+    assert remote[:3] == ["cd", "/opt/my runs;x", "&&"]
+    assert remote[-3:] == ["scaling-jax", "train; touch /tmp/pwned", "c.yaml"]  # one word: no such verb
+    assert "SCALING_JAX_HEARTBEAT_TIMEOUT_S=90" in remote
+    out, _ = dry_run("tpu_pod.sh", "t", "z", "c.yaml")  # the default stays ~-relative on the worker
+    assert shlex.split(out)[-1].startswith("cd ~/scaling_jax && ")
+    bad = subprocess.run(["bash", str(LAUNCH / "tpu_pod.sh"), "t", "z", "c.yaml"], capture_output=True, text=True,
+                         env={"PATH": os.environ["PATH"], "DRY_RUN": "1", "SCALING_JAX_INIT_TIMEOUT_S": "5 && x"})
+    assert bad.returncode == 2 and "SCALING_JAX_INIT_TIMEOUT_S must be a whole number" in bad.stderr
+
+
 def _container_env(container, **field_values):
     """A container's env as the pod would see it, with downward-API fields given by name."""
     env = {}

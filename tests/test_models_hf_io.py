@@ -1,6 +1,7 @@
 """HF directory import/export: byte-identical round trips, prefixes and heads, labels, clear errors,
 atomic writes, from-scratch export, logical axis names."""
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -16,6 +17,7 @@ from safetensors.numpy import load_file, save_file
 
 from scaling_jax.models import (BertConfig, CheckpointError, GPT2Config, init_model, load_pretrained,
                                 load_tokenizer, save_pretrained)
+from scaling_jax.errors import OutputExistsError
 from scaling_jax.models import hf
 from scaling_jax.tree import path_str
 
@@ -271,8 +273,41 @@ def test_failed_saves_leave_nothing_behind(tmp_path, monkeypatch):
     monkeypatch.undo()
     (root / "notes").mkdir()
     (root / "notes" / "todo.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="is not a model directory; refusing to overwrite"):
+    with pytest.raises(FileExistsError, match="is not a model directory that export wrote"):
         save_pretrained(ours, ours.params, root / "notes")
+    assert (root / "notes" / "todo.txt").read_text() == "mine"
+
+
+def test_export_replaces_only_what_it_wrote_and_makes_a_normal_directory(tmp_path):
+    src = save_hf("BertForTokenClassification", tmp_path / "src")
+    ours = load_pretrained(src, task="token_classification")
+    # Someone else's model directory: a config.json, other files and a subfolder. Before, export
+    # took "has config.json" as "a model directory" and deleted all of it.
+    foreign = tmp_path / "theirs"
+    (foreign / "sub").mkdir(parents=True)
+    (foreign / "config.json").write_text('{"model_type": "bert"}')
+    (foreign / "notes.md").write_text("keep me")
+    (foreign / "sub" / "data.bin").write_bytes(b"\x00\x01")
+    before = {p: (foreign / p).read_bytes() for p in listing(foreign) if (foreign / p).is_file()}
+    with pytest.raises(OutputExistsError, match="not a model directory that export wrote"):
+        save_pretrained(ours, ours.params, foreign)
+    assert {p: (foreign / p).read_bytes() for p in listing(foreign) if (foreign / p).is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "theirs"]  # no temporary directory left
+
+    out = save_pretrained(ours, ours.params, tmp_path / "out")
+    assert (out.stat().st_mode & 0o777) == 0o777 & ~_current_umask()  # not mkdtemp's 0700
+    again = save_pretrained(ours, ours.params, out)  # its own earlier export: replaced
+    assert (again / "config.json").is_file()
+    (out / "README.md").write_text("my notes")  # a file export did not write: refused now
+    with pytest.raises(OutputExistsError, match=r"holds files that export did not write \(README\.md\)"):
+        save_pretrained(ours, ours.params, out)
+    assert (out / "README.md").read_text() == "my notes"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 # ------------------------------------------------------------------------------------------ from scratch, tokenizer

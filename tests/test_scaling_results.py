@@ -49,3 +49,17 @@ def test_empty_and_missing_files(tmp_path):
         read_results(write(tmp_path, "", name="empty.csv"))
     with pytest.raises(ValueError, match="no such file"):
         read_results(tmp_path / "absent.csv")
+
+
+def test_a_run_listed_twice_counts_once_with_a_warning_naming_the_lines(tmp_path, caplog):
+    path = write(tmp_path, "params,tokens,loss,name\n1e6,2e7,3.5,a\n2e6,2e7,3.3,b\n1e6,2e7,3.5,a\n"
+                           "1e6,2e7,3.4,a2\n2e6,2e7,3.3,b\n4e6,2e7,-1,c\n")
+    with pytest.raises(ValueError, match=r"row 6 \(line 7 of results.csv\)"):  # rows keep their file numbers
+        read_results(path)
+    path = write(tmp_path, "params,tokens,loss,name\n1e6,2e7,3.5,a\n2e6,2e7,3.3,b\n1e6,2e7,3.5,a\n"
+                           "1e6,2e7,3.4,a2\n2e6,2e7,3.3,b\n")
+    with caplog.at_level("WARNING", logger="scaling_jax.scaling.results"):
+        data = read_results(path)
+    assert list(data["name"]) == ["a", "b", "a2"]  # a repeated seed with its own loss is kept
+    np.testing.assert_array_equal(data["loss"], [3.5, 3.3, 3.4])
+    assert "dropped 2 duplicate rows (line 4 repeats line 2, line 6 repeats line 3)" in caplog.text

@@ -89,7 +89,7 @@ def test_bf16_compute_on_a_cpu_without_bf16_dots_warns(monkeypatch, caplog):
     monkeypatch.setattr(hostmem, "cpu_info", lambda: {"cpu": "Old CPU", "bf16_dots": "emulated"})
     cfg = config_from_dict({"run": {"name": "t"}, "model": {"family": "gpt2", "task": "causal_lm", "vocab_size": 64,
                                                             "d_model": 16, "n_layers": 1, "n_heads": 2, "max_len": 8},
-                            "data": {"kind": "lm_text"}}, ["model.dtype=bfloat16"])
+                            "data": {"kind": "lm_text", "seq_len": 8}}, ["model.dtype=bfloat16"])
     with caplog.at_level("WARNING"):
         build_model(cfg)
     assert any("Old CPU" in r.getMessage() and "slower than float32" in r.getMessage() for r in caplog.records)

@@ -7,6 +7,7 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -19,6 +20,8 @@ from tqdm.auto import tqdm
 
 from scaling_jax import ops
 from scaling_jax.commands import finetune_bench
+from scaling_jax.checkpoint import Checkpointer
+from scaling_jax.checksum import tree_checksums
 from scaling_jax.ops import xla, xla_cpu
 from scaling_jax.flops import train_flops_per_token
 from scaling_jax.hostmem import cpu_info, keep_host_buffers
@@ -142,6 +145,33 @@ def prepare_ours(shape: Shape, *, dtype: str = "float32", dropout: float = 0.1, 
     return Contender(name, run, flops, tokens, peak,
                      {"compile_s": compile_s, "model_tflop_per_step": flops / 1e12, "attention": attention,
                       "temp_mib": getattr(mem, "temp_size_in_bytes", 0) / 2**20 if mem else None})
+
+
+def bench_checkpoint(shape: Shape, rounds: int = 5) -> list[dict]:
+    """What checkpoint integrity costs on the preset's AdamW train state: the checksum pass alone
+    (`scaling_jax.checksum`, on device) next to the blocking part of an async save (which includes
+    it: the call returns once the arrays are off the device) and a whole save + commit; medians."""
+    task = "token_classification" if shape.family == "bert" else "causal_lm"
+    model = init_model(_hf_config(shape, 0.0), task=task, num_labels=9 if shape.family == "bert" else None)
+    state, _ = init_state(model.params, model.logical_axes(), optax.adamw(1e-4), mesh=make_mesh(data=-1),
+                          rules=DEFAULT_RULES)
+    times: dict[str, list[float]] = {"checksum_s": [], "save_blocking_s": [], "save_commit_s": []}
+    with tempfile.TemporaryDirectory() as d, Checkpointer(d, every=1, max_to_keep=1) as ckpt:
+        ckpt.save(0, state, extra={})  # compiles the checksum pass
+        ckpt.wait()
+        for r in range(1, rounds + 1):
+            t = time.perf_counter()
+            tree_checksums(state)
+            times["checksum_s"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            ckpt.save(r, state, extra={})
+            times["save_blocking_s"].append(time.perf_counter() - t)
+            ckpt.wait()
+            times["save_commit_s"].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return [{"name": f"checkpoint/{shape.name}", "state_mib": sum(x.nbytes for x in jax.tree.leaves(state)) / 2**20,
+             **med, "checksum_share_of_save": med["checksum_s"] / med["save_commit_s"],
+             "tokens_per_s": None, "step_ms": None, "mfu": None}]
 
 
 def prepare_torch(shape: Shape, *, dtype: str = "float32", dropout: float = 0.1,
@@ -298,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit", action="store_true", help="also the scaling-law fit: JAX grid vs scipy")
     p.add_argument("--finetune", action="store_true",
                    help="only the time-to-F1 benchmark: configs/ner.yaml against transformers' PyTorch recipe")
+    p.add_argument("--checkpoint", action="store_true", help="also the checksum pass vs a checkpoint save")
     p.add_argument("--kernels", action="store_true",
                    help="also the step under model.kernels=xla and xla_cpu with each CPU trick removed, "
                         "with each one's speed relative to xla_cpu (auto on CPU)")
@@ -341,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
                      "speedup": paired_ratio(round_s[c.name], round_s[base.name])})
     if args.compile:
         rows += bench_compile()
+    if args.checkpoint:
+        rows += bench_checkpoint(shape)
     if args.fit:
         for r in run_fit_bench():
             rows.append({"tokens_per_s": None, "step_ms": None, "mfu": None, **r})

@@ -12,18 +12,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from scaling_jax.data.align import entities_from_tags
-from scaling_jax.errors import ConfigError, MissingFileError
+from scaling_jax.errors import ConfigError, DataError, MissingFileError
 from scaling_jax.models import load_pretrained, load_tokenizer
 from scaling_jax.train.session import open_session, restore_params, run_config
 
 
 def _lines(texts: list[str] | None) -> Iterable[str]:
+    """The `--text` values, else stdin's non-blank lines; a blank --text or a line that is not
+    UTF-8 raises DataError naming it."""
     if texts:
-        yield from texts
+        for i, text in enumerate(texts, start=1):
+            if not text.strip():
+                raise DataError(f"predict: --text number {i} is empty")
+            yield text
         return
-    for line in sys.stdin:
+    stream = getattr(sys.stdin, "buffer", None)
+    for n, raw in enumerate(stream if stream is not None else sys.stdin, start=1):
+        try:
+            line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError as e:
+            raise DataError(f"<stdin>:{n}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
         if line.strip():
-            yield line.rstrip("\n")
+            yield line.rstrip("\r\n")
 
 
 def load_for_predict(model_dir: str | Path):
@@ -50,26 +60,46 @@ def load_for_predict(model_dir: str | Path):
 
 def predict_entities(model, params, tokenizer, label_names: list[str], text: str) -> list[dict]:
     """Word-level tags (first word piece decides, as in training) -> entity spans with character
-    offsets and a score (mean softmax probability of the entity's tags)."""
+    offsets and a score (mean softmax probability of the entity's tags). A text longer than the
+    model's positions is tagged in consecutive windows of whole words, as training windows long
+    sentences (data/align.py), so no word goes untagged."""
     words, spans = [], []
     for m in _word_spans(text):
         words.append(text[m[0]:m[1]])
         spans.append(m)
     if not words:
         return []
-    enc = tokenizer(words, is_split_into_words=True, truncation=True, return_tensors="np",
-                    max_length=getattr(model.config, "max_position_embeddings", 512))
-    logits = model.apply(params, jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"]),
-                         jnp.asarray(enc["token_type_ids"]) if "token_type_ids" in enc else None)
-    probs = np.asarray(jax.nn.softmax(logits[0].astype(jnp.float32), -1))
-    tags, scores, seen = ["O"] * len(words), [1.0] * len(words), set()
-    for pos, w in enumerate(enc.word_ids(0)):
-        if w is None or w in seen:
-            continue
-        seen.add(w)
-        k = int(probs[pos].argmax())
-        tags[w], scores[w] = label_names[k], float(probs[pos, k])
+    limit = model.config.max_position_embeddings
+    tags, scores = ["O"] * len(words), [1.0] * len(words)
+    for lo, hi in _word_windows(tokenizer, words, limit):
+        enc = tokenizer(words[lo:hi], is_split_into_words=True, truncation=True, return_tensors="np",
+                        max_length=limit)
+        logits = model.apply(params, jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"]),
+                             jnp.asarray(enc["token_type_ids"]) if "token_type_ids" in enc else None)
+        probs = np.asarray(jax.nn.softmax(logits[0].astype(jnp.float32), -1))
+        seen = set()
+        for pos, w in enumerate(enc.word_ids(0)):
+            if w is None or w in seen:
+                continue
+            seen.add(w)
+            k = int(probs[pos].argmax())
+            tags[lo + w], scores[lo + w] = label_names[k], float(probs[pos, k])
     return entities_from_tags(words, tags, scores=scores, char_offsets=spans)
+
+
+def _word_windows(tokenizer, words: list[str], limit: int) -> list[tuple[int, int]]:
+    """[lo, hi) word ranges whose pieces, with the special tokens, fit `limit` positions (a word
+    longer than that alone is cut, keeping its first piece, which is the one that decides)."""
+    budget = max(1, limit - tokenizer.num_special_tokens_to_add())
+    pieces = [max(1, len(ids)) for ids in tokenizer(words, add_special_tokens=False)["input_ids"]]
+    out, lo, used = [], 0, 0
+    for i, n in enumerate(pieces):
+        if used + n > budget and i > lo:
+            out.append((lo, i))
+            lo, used = i, 0
+        used += n
+    out.append((lo, len(words)))
+    return out
 
 
 def _word_spans(text: str) -> list[tuple[int, int]]:
@@ -113,7 +143,9 @@ def sample_token(logits_V: jax.Array, key: jax.Array, *, top_k: int = 0, top_p: 
 
 def predict_main(args) -> int:
     model, params, tokenizer, labels = load_for_predict(args.model_dir)
+    count = 0
     for text in _lines(args.text):
+        count += 1
         if model.task == "token_classification":
             row: dict[str, Any] = {"text": text, "entities": predict_entities(model, params, tokenizer,
                                                                                labels, text)}
@@ -131,4 +163,7 @@ def predict_main(args) -> int:
         else:
             raise ConfigError(f"predict: task {model.task!r} has no prediction output")
         print(json.dumps(row), flush=True)
+    if not count:
+        raise DataError("predict: no input text (stdin held no non-blank line); pipe text lines in or "
+                        "give --text")
     return 0

@@ -64,9 +64,10 @@ def _row(member, result: dict) -> dict[str, Any]:
             "train_loss": result.get("train_loss", "")}
 
 
-def run_sweep(cfg, train_fn: Callable | None = None) -> Path:
+def run_sweep(cfg, train_fn: Callable | None = None) -> Path | None:
     """Trains each member in sequence (or only `sweep.member`), skipping finished ones, writes
-    `results.csv`, then fits and plots when every member is done. Returns the CSV path."""
+    `results.csv`, then fits and plots when every member is done. Returns the CSV path, or None
+    when a stop signal preempted a member (it is saved; a rerun resumes it)."""
     train_fn = train_fn or train
     members = member_configs(cfg)
     chosen = members if cfg.sweep.member < 0 else [members[cfg.sweep.member]]
@@ -76,7 +77,9 @@ def run_sweep(cfg, train_fn: Callable | None = None) -> Path:
             print(f"[sweep] {member.run.name}: done already, skipped", flush=True)
             continue
         print(f"[sweep] {member.run.name}: {member.train.steps} steps at lr {member.optim.lr:g}", flush=True)
-        train_fn(member)
+        if "preempted" in train_fn(member):
+            print(f"[sweep] {member.run.name}: preempted; rerun the sweep to resume it", flush=True)
+            return None
     rows = []
     for member in members:
         done = member.run_dir / "result.json"

@@ -92,16 +92,29 @@ def entity_types(labels: Iterable[str]) -> list[str]:
     return sorted({t[2:] for t in labels if t != "O"})
 
 
-def detect_scheme(sentences: Iterable[Sentence]) -> str:
-    """"IOB1" if some `I-x` tag begins an entity (after `O`, at sentence start, or after another
-    type), else "IOB2" (every entity starts with `B-`)."""
+def entity_starts(sentences: Iterable[Sentence]) -> tuple[int, int]:
+    """(entities that begin with `I-x`, entities that begin with `B-x`), where an entity begins
+    after `O`, at the sentence start or after another type. IOB1 begins them with `I-` (`B-`
+    only splits two touching entities of one type); IOB2 always with `B-`."""
+    i_starts = b_starts = 0
     for s in sentences:
         prev = "O"
         for tag in s.tags:
-            if tag.startswith("I-") and (prev == "O" or prev[2:] != tag[2:]):
-                return "IOB1"
+            if tag != "O" and (prev == "O" or prev[2:] != tag[2:]):
+                if tag.startswith("I-"):
+                    i_starts += 1
+                else:
+                    b_starts += 1
             prev = tag
-    return "IOB2"
+    return i_starts, b_starts
+
+
+def detect_scheme(sentences: Iterable[Sentence]) -> str:
+    """"IOB1" when at least as many entities begin with `I-x` as with `B-x` (and some do), else
+    "IOB2". By majority, so a few stray `I-x` in IOB2 data do not switch the scoring; callers
+    report the minority (`entity_starts`)."""
+    i_starts, b_starts = entity_starts(sentences)
+    return "IOB1" if i_starts and i_starts >= b_starts else "IOB2"
 
 
 def tag_ids(sentences: Sequence[Sentence], labels: Sequence[str]) -> list[list[int]]:

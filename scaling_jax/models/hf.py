@@ -520,20 +520,25 @@ def export_config(model: Pretrained) -> dict:
     return dict(sorted(out.items()))
 
 
+EXPORT_MARKER = ".scaling_jax_export.json"  # in every directory save_pretrained writes: what it wrote
+
+
 def save_pretrained(model: Pretrained, params: Any, out_dir: str | os.PathLike,
                     tokenizer_dir: str | os.PathLike | None = None) -> Path:
     """Writes `out_dir` as a Hugging Face directory that transformers loads with no missing or
     unexpected keys: config.json, model.safetensors, and the tokenizer files of `tokenizer_dir`
-    (default: the directory the model was loaded from) when present.
+    (default: the directory the model was loaded from) when present, plus `EXPORT_MARKER`, which
+    lists those files.
 
     Atomic: everything is written into a temporary sibling directory that is then renamed over
-    `out_dir`, so a failure leaves `out_dir` as it was. An existing `out_dir` is replaced only if it
-    is empty or itself a model directory (has config.json).
+    `out_dir`, so a failure leaves `out_dir` as it was. Never removes what it did not write: an
+    existing `out_dir` is replaced only when it is empty or an earlier save_pretrained wrote it
+    (its marker lists every file in it); anything else raises OutputExistsError. The directory
+    gets the usual mode (0777 less the umask), not mkdtemp's private 0700.
     """
     from safetensors.numpy import save_file
     out = Path(out_dir).expanduser()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
-        raise OutputExistsError(f"{out}: exists and is not a model directory; refusing to overwrite it")
+    _check_replaceable(out)
     tensors = export_tensors(model, params)
     config = export_config(model)
     tok_src = None
@@ -544,6 +549,7 @@ def save_pretrained(model: Pretrained, params: Any, out_dir: str | os.PathLike,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         copied = []
@@ -551,7 +557,11 @@ def save_pretrained(model: Pretrained, params: Any, out_dir: str | os.PathLike,
             if (tok_src / name).is_file():
                 shutil.copy2(tok_src / name, tmp / name)
                 copied.append(name)
+        (tmp / EXPORT_MARKER).write_text(json.dumps(
+            {"written_by": "scaling_jax save_pretrained", "files": ["model.safetensors", "config.json", *copied]},
+            indent=1) + "\n")
         if out.exists():
+            _check_replaceable(out)  # again, just before the swap
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.rename(out, old / out.name)
             os.rename(tmp, out)
@@ -563,6 +573,45 @@ def save_pretrained(model: Pretrained, params: Any, out_dir: str | os.PathLike,
         raise
     log.info("saved %s (%d tensors%s)", out, len(tensors), f", tokenizer: {', '.join(copied)}" if copied else "")
     return out
+
+
+def _check_replaceable(out: Path) -> None:
+    """Raises OutputExistsError unless `out` is absent, empty, or holds only what an earlier
+    save_pretrained wrote there (per its marker)."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise OutputExistsError(f"{out}: exists and is not a directory; refusing to overwrite it")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    marker = out / EXPORT_MARKER
+    if not marker.is_file():
+        raise OutputExistsError(f"{out}: exists and is not a model directory that export wrote (it has no "
+                                f"{EXPORT_MARKER}); refusing to overwrite it: remove it yourself or choose "
+                                f"another directory")
+    try:
+        written = set(json.loads(marker.read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise OutputExistsError(f"{marker}: unreadable ({e}); refusing to overwrite {out}") from None
+    foreign = [name for name in entries if name not in written and name != EXPORT_MARKER]
+    if foreign:
+        raise OutputExistsError(f"{out}: holds files that export did not write ({', '.join(foreign[:5])}"
+                                f"{', ...' if len(foreign) > 5 else ''}); refusing to overwrite it: move them "
+                                f"or choose another directory")
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux /proc), else by setting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def load_tokenizer(path: str | os.PathLike):
@@ -590,4 +639,5 @@ def load_tokenizer(path: str | os.PathLike):
 
 
 __all__ = ["Pretrained", "CheckpointError", "load_pretrained", "init_model", "save_pretrained", "load_tokenizer",
+           "EXPORT_MARKER",
            "config_from_hf_dict", "export_tensors", "export_config"]

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from scaling_jax.scaling.validate import check_points
+
+log = logging.getLogger(__name__)
 
 REQUIRED = ("params", "tokens", "loss")
 
@@ -14,6 +17,8 @@ REQUIRED = ("params", "tokens", "loss")
 def read_results(path, required=REQUIRED) -> dict[str, np.ndarray]:
     """Columns of a results CSV by name: the `required` ones as positive finite float64 arrays,
     the others kept as they are (float arrays where every value parses, else strings).
+
+    Exact duplicate rows (a run appended twice) are dropped with one warning naming their lines.
 
     Raises ValueError naming the file and the problem: a missing column (with the columns
     present), a value that is not a number, or one that is not positive and finite (with its row
@@ -37,8 +42,25 @@ def read_results(path, required=REQUIRED) -> dict[str, np.ndarray]:
                          f"{', '.join(repr(m) for m in missing)}; columns present: {present}")
     if not raw_rows:
         raise ValueError(f"{path}: no data rows under the header")
+    first_seen: dict[tuple, int] = {}
+    repeats: list[tuple[int, int]] = []  # (row, the earlier row it repeats)
+    for i, row in enumerate(raw_rows):
+        if tuple(row) in first_seen:
+            repeats.append((i, first_seen[tuple(row)]))
+        else:
+            first_seen[tuple(row)] = i
+    origin = sorted(first_seen.values())  # kept row -> its row in the file
+    if repeats:
+        # The same run counted twice would weigh it double in every fit and narrow the bootstrap
+        # intervals as if it were independent evidence.
+        log.warning("%s: dropped %d duplicate row%s (%s); each run counts once", path, len(repeats),
+                    "s" if len(repeats) > 1 else "",
+                    ", ".join(f"line {i + 2} repeats line {j + 2}" for i, j in repeats[:5])
+                    + (", ..." if len(repeats) > 5 else ""))
+        raw_rows = [raw_rows[i] for i in origin]
 
     def where(i: int) -> str:  # data row i is line i + 2 (line 1 is the header)
+        i = origin[i]
         return f"row {i + 1} (line {i + 2} of {path.name})"
 
     columns_raw = {name: [row[j] if j < len(row) else "" for row in raw_rows]

@@ -4,19 +4,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 import time
 from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from scaling_jax import distributed
-from scaling_jax.config import Config, dump_config, to_dict
+from scaling_jax.config import Config, config_text, to_dict
 from scaling_jax.data.sampler import batch_indices
-from scaling_jax.errors import CheckpointMismatchError, ConfigError, NonFiniteLossError
+from scaling_jax.errors import (CheckpointMismatchError, ConfigError, NonFiniteLossError, RunDirLockedError,
+                                ScalingJaxError)
 from scaling_jax.metrics_log import MetricsWriter
-from scaling_jax.preemption import PreemptionGuard
+from scaling_jax.preemption import EXIT_PREEMPTED, PreemptionGuard
+from scaling_jax.rundir import RunDirLock, write_text_atomic
 from scaling_jax.train.batches import global_batch
 from scaling_jax.train.evaluate import evaluate
 from scaling_jax.train.freeze import report_lines
@@ -33,42 +37,108 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Consecutive non-finite steps that `train.nan_policy=skip` tolerates before it stops: a skipped
+# step leaves the state as it was, so a run that skips this many in a row is not recovering.
+MAX_CONSECUTIVE_SKIPS = 10
+
+
 def train(cfg: Config) -> dict[str, Any]:
     """Trains per `cfg` into `cfg.run_dir`; resumes from its latest good checkpoint. Returns the
-    final metrics (eval, test, best) as a dict. Raises NonFiniteLossError on a NaN loss."""
+    final metrics (eval, test, best) as a dict; `result["preempted"]` is the step saved when a
+    stop signal ended the run early. Raises NonFiniteLossError on a NaN loss, RunDirLockedError
+    while another trainer uses the run directory.
+
+    Nothing in the run directory is written before the run is known to start (config valid,
+    mesh fits, data loads, the checkpoint matches this config); on any exit the save in flight
+    is committed first, and an error names the last committed step."""
     d = cfg.distributed
     distributed.initialize(coordinator=d.coordinator or None, num_processes=d.num_processes or None,
                            process_id=d.process_id if d.process_id >= 0 else None,
                            timeout_s=d.timeout_s or None)
     main = jax.process_index() == 0
+    lock = RunDirLock(cfg.run_dir)
+    refusal = None
+    if main:  # one lock per run: process 0 holds it for all
+        try:
+            lock.acquire()
+        except RunDirLockedError as e:
+            refusal = e
+    if jax.process_count() > 1:
+        locked = bool(multihost_utils.broadcast_one_to_all(np.int32(refusal is None)))
+        if not locked and refusal is None:
+            refusal = RunDirLockedError(f"{cfg.run_dir}: process 0 could not lock the run directory")
+    if refusal is not None:
+        raise refusal
+    try:
+        return _train(cfg, main)
+    finally:
+        lock.release()
+
+
+def _train(cfg: Config, main: bool) -> dict[str, Any]:
     run_dir = cfg.run_dir
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, run_dir / "config.yaml")
     session = open_session(cfg)
-    data, state, bsh, schedule = session.data, session.state, session.batch_sharding, session.schedule
-    train_step, eval_step = session.train_step, session.eval_step
     summary = session.summary()
     if main:
-        (run_dir / "labels.json").write_text(json.dumps(session.label_names))
         print(f"[scaling_jax] {cfg.run.name}: {summary['params_total']:,} params, "
               f"{summary['params_trainable']:,} trainable, optimizer state "
               f"{summary['opt_state_bytes'] / 2**20:.1f} MiB, mesh {summary['mesh']}, "
-              f"{len(data.train):,} train {'rows (packed)' if 'segment_ids' in data.train.arrays else 'examples'}",
-              flush=True)
+              f"{len(session.data.train):,} train "
+              f"{'rows (packed)' if 'segment_ids' in session.data.train.arrays else 'examples'}", flush=True)
         if session.trainable.report:
             for line in report_lines(session.trainable.report):
                 print(f"[scaling_jax]   {line}", flush=True)
     ckpt = make_checkpointer(cfg)
+    try:
+        restored = ckpt.restore_latest(session.abstract_state)
+        if restored is not None and restored.extra.get("config_hash") not in (None, config_hash(cfg)):
+            raise CheckpointMismatchError(f"{run_dir}: checkpoint step {restored.step} was written by a "
+                                          f"different config; use another run.dir")
+    except BaseException:
+        ckpt.close()
+        raise
+    # The run starts: only from here on does it write into run_dir.
+    if main:
+        write_text_atomic(run_dir / "config.yaml", config_text(cfg))
+        write_text_atomic(run_dir / "labels.json", json.dumps(session.label_names))
     writer = MetricsWriter(run_dir, enabled=main)
+    try:
+        result = _fit(cfg, main, session, summary, ckpt, writer, restored)
+    except BaseException as e:
+        last = ckpt.last_committed_step()  # commit the save in flight before leaving
+        where = (f"the last committed checkpoint is step {last} in {ckpt.directory}" if last is not None
+                 else f"no checkpoint is committed in {ckpt.directory}")
+        if isinstance(e, ScalingJaxError):  # one line for the user: say it in the error itself
+            if not isinstance(e, NonFiniteLossError) and len(e.args) == 1:  # that one says it already
+                e.args = (f"{e.args[0]}; {where}",)
+        elif main:
+            print(f"[scaling_jax] stopped by {type(e).__name__}; {where}", file=sys.stderr, flush=True)
+        _close_quietly(ckpt)
+        writer.close()
+        raise
+    ckpt.close()
+    writer.close()
+    return result
+
+
+def _close_quietly(ckpt) -> None:
+    """Closes the checkpointer while an error is raised: its own error must not hide that one."""
+    try:
+        ckpt.close()
+    except Exception as e:  # noqa: BLE001 - already reported by last_committed_step
+        log.debug("closing the checkpointer after an error: %s", e)
+
+
+def _fit(cfg: Config, main: bool, session, summary: dict, ckpt, writer: MetricsWriter,
+         restored) -> dict[str, Any]:
+    """The loop proper, from the restored state (or a fresh one) to the final test eval."""
+    run_dir = cfg.run_dir
+    data, state, bsh, schedule = session.data, session.state, session.batch_sharding, session.schedule
+    train_step, eval_step = session.train_step, session.eval_step
     abstract = session.abstract_state
-    restored = ckpt.restore_latest(abstract)
     progress = {"best": None, "bad_evals": 0, "stopped_early": False}
     if restored is not None:
         step0, state, extra = restored
-        if extra.get("config_hash") not in (None, config_hash(cfg)):
-            raise CheckpointMismatchError(f"{run_dir}: checkpoint step {step0} was written by a different "
-                                          f"config; use another run.dir")
         progress.update(extra.get("progress", {}))
         writer.truncate_after(step0)
         if main:
@@ -77,7 +147,7 @@ def train(cfg: Config) -> dict[str, Any]:
         step0 = 0
         writer.truncate_after(-1)
         if main:
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
         if data.test is not None and cfg.model.task != "causal_lm":
             before = evaluate(eval_step, state.params, data.test, cfg, data, bsh)
             writer.write(0, "test", {"phase": "before", **before})
@@ -86,25 +156,35 @@ def train(cfg: Config) -> dict[str, Any]:
     result: dict[str, Any] = {"summary": summary}
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     pending: tuple[int, Any] | None = None
-    t_last, steps_since = time.perf_counter(), 0
+    clock = {"step": step0, "time": time.perf_counter()}  # the last logged step and when it was known
+    skips = {"run": 0, "total": 0}  # non-finite steps skipped (nan_policy=skip): in a row, in all
     bar = tqdm(total=cfg.train.steps, initial=step0, disable=not main, desc=cfg.run.name, dynamic_ncols=True)
 
     def check(step: int, metrics: Any) -> dict:
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not m["train/finite"] and cfg.train.nan_policy == "stop":
-            raise NonFiniteLossError(
-                f"non-finite training loss ({m['train/loss']}) at step {step}; the last good checkpoint "
-                f"(step {ckpt.latest_step()}) is kept in {ckpt.directory}")
+        if not m["train/finite"]:
+            what = _non_finite(m)
+            if cfg.train.nan_policy == "stop":
+                raise NonFiniteLossError(f"{what} at step {step}; {_kept(ckpt)}")
+            skips["run"] += 1
+            skips["total"] += 1
+            if skips["run"] >= MAX_CONSECUTIVE_SKIPS:
+                raise NonFiniteLossError(
+                    f"{what} at step {step}: {skips['run']} steps in a row skipped (train.nan_policy=skip "
+                    f"stops after {MAX_CONSECUTIVE_SKIPS}); {_kept(ckpt)}")
+        else:
+            skips["run"] = 0
         result["train_loss"] = m["train/loss"]
         return m
 
     def log_train(step: int, m: dict) -> None:
-        nonlocal t_last, steps_since
         if step % cfg.train.log_every and step != cfg.train.steps:
             return
         now = time.perf_counter()
-        tps = tokens_per_step * steps_since / max(now - t_last, 1e-9)
-        t_last, steps_since = now, 0
+        # Tokens since the last logged step over the time since its metrics were read: each
+        # step's metrics are read once its computation is done, so this is the steps' own time.
+        tps = tokens_per_step * (step - clock["step"]) / max(now - clock["time"], 1e-9)
+        clock.update(step=step, time=now)
         writer.write(step, "train", {"loss": m["train/loss"], "accuracy": m["train/accuracy"],
                                      "grad_norm": m["train/grad_norm"], "lr": float(schedule(step - 1)),
                                      "tokens_per_s": tps, "tflops_per_s": tps * summary["flops_per_token"] / 1e12,
@@ -117,7 +197,6 @@ def train(cfg: Config) -> dict[str, Any]:
             idx = batch_indices(step, cfg.data.batch_size, len(data.train), cfg.train.seed)
             state, metrics = train_step(state, global_batch(data.train, idx, bsh))
             step += 1
-            steps_since += 1
             bar.update(1)
             if pending is not None:  # read step-1's metrics only after step is dispatched
                 log_train(pending[0], check(*pending))
@@ -139,18 +218,27 @@ def train(cfg: Config) -> dict[str, Any]:
                 evals = {f"eval/{k}": v for k, v in (eval_metrics or {}).items() if isinstance(v, (int, float))}
                 ckpt.save(step, state, force=True, metrics=evals or None,
                           extra={"data_step": step, "config_hash": config_hash(cfg), "progress": progress})
+            if due_eval or due_ckpt:  # eval and save time is not the next steps' time
+                clock["time"] = time.perf_counter()
             if stop:
                 ckpt.wait()
                 bar.close()
                 if main:
-                    print(f"[scaling_jax] preempted: saved step {step}; rerun the same command to resume",
-                          flush=True)
+                    print(f"[scaling_jax] preempted: saved step {step}; rerun the same command to resume "
+                          f"(exit status {EXIT_PREEMPTED})", flush=True)
                 result["preempted"] = step
                 return result
         if pending is not None:
             log_train(pending[0], check(*pending))
     bar.close()
     ckpt.wait()
+    if skips["total"] and skips["total"] == step - step0:
+        raise NonFiniteLossError(f"train.nan_policy=skip: every one of the {skips['total']} steps had a non-finite "
+                                 f"loss or gradient and was skipped; nothing was trained")
+    if skips["total"]:
+        log.warning("train.nan_policy=skip: %d of %d steps had a non-finite loss or gradient and were skipped",
+                    skips["total"], step - step0)
+    result["skipped_steps"] = skips["total"]
     result["final_step"] = step
     result["params_digest"] = params_digest(state.params)
     if data.test is not None:
@@ -163,11 +251,24 @@ def train(cfg: Config) -> dict[str, Any]:
         if main and "report" in test_metrics:
             print(test_metrics["report"], flush=True)
     result["best"] = progress.get("best")
-    ckpt.close()
-    writer.close()
     if main:
-        (run_dir / "result.json").write_text(json.dumps(result, indent=1, default=str))
+        write_text_atomic(run_dir / "result.json", json.dumps(result, indent=1, default=str))
     return result
+
+
+def _non_finite(m: dict) -> str:
+    """Which training value is not finite: the loss, or (with a finite loss) the gradient norm."""
+    if not np.isfinite(m["train/loss"]):
+        return f"non-finite training loss ({m['train/loss']})"
+    return f"non-finite gradient norm ({m['train/grad_norm']}; the loss was {m['train/loss']:.6g})"
+
+
+def _kept(ckpt) -> str:
+    """The truth about what a rerun resumes from, once the save in flight has committed."""
+    last = ckpt.last_committed_step()
+    if last is None:
+        return f"no checkpoint was committed yet in {ckpt.directory}, so a rerun starts from scratch"
+    return f"the last good checkpoint (step {last}) is kept in {ckpt.directory}"
 
 
 def _early_stopping(cfg: Config, progress: dict, eval_metrics: dict, step: int) -> None:

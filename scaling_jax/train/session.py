@@ -14,7 +14,7 @@ from scaling_jax.config import Config, load_config
 from scaling_jax.data.dataset import Data
 from scaling_jax.data.load import load_data
 from scaling_jax.data.tokenizer import load_tokenizer, tokenizer_dir
-from scaling_jax.errors import MissingFileError
+from scaling_jax.errors import ConfigError, MissingFileError
 from scaling_jax.mesh import batch_sharding, check_batch, make_mesh, merge_rules
 from scaling_jax.models import save_pretrained
 from scaling_jax.train import build
@@ -81,6 +81,10 @@ def open_session(cfg: Config, *, with_data: bool = True) -> Session:
         label_names = []
     id2label = {i: n for i, n in enumerate(label_names)} or None
     model = build.build_model(cfg, num_labels=len(label_names) or None, id2label=id2label)
+    positions = model.config.max_position_embeddings
+    if cfg.data.seq_len > positions:
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds the {positions} positions of the model "
+                          f"(model.pretrained={cfg.model.pretrained or '(none)'}); lower data.seq_len")
     trainable = build.make_trainable(cfg, model)
     tx, schedule = make_optimizer(cfg.optim, cfg.train.steps, freeze_labels=trainable.freeze_labels,
                                   stack_layers=cfg.model.scan_layers)
