@@ -3,6 +3,7 @@ torch autograd's on transformers' model (max |ours - torch| / max |torch| <= 1e-
 updates of our configured AdamW (`train/optim.make_optimizer`: decay mask, clipping, warmup + cosine
 schedule) from the same gradients equal `torch.optim.AdamW` with `clip_grad_norm_` within 1e-6."""
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,11 @@ from scaling_jax.train.optim import decay_mask, make_optimizer
 from scaling_jax.tree import flat_dict, unflat_dict
 
 GRAD_TOL, ADAM_TOL = 1e-4, 1e-6
+# Without RoPE, a key bias adds q·b to every logit of a query's row, which softmax cancels: its exact
+# gradient is 0 and both sides hold float32 rounding there, so a ratio of the two is noise. Those
+# tensors must be at rounding level on both sides instead (<= 1e-6 of the largest gradient). (Llama
+# rotates k + b by position, so its k_proj bias has a real gradient, checked like the rest.)
+KEY_BIAS = re.compile(r"(attention/self/key|attn/key)/bias$")
 VOCAB = 67
 CASES = {
     "bert": ("BertForTokenClassification", "token_classification", lambda: transformers.BertConfig(
@@ -107,8 +113,12 @@ def test_gradients_and_adamw_updates_match_torch(name, tmp_path):
     assert float(loss) == pytest.approx(out.loss.item(), rel=1e-5)
     m = mapping(family, ours, model)
     worst = 0.0
+    largest = max(float(np.abs(np.asarray(g)).max()) for g in jax.tree.leaves(grads))
     for path, g in flat_dict(grads).items():
         ref = to_ours(path, m[path][0].grad, m[path][1])
+        if KEY_BIAS.search(path):
+            assert max(np.abs(np.asarray(g)).max(), np.abs(ref).max()) <= 1e-6 * largest, path
+            continue
         rel = float(np.abs(np.asarray(g) - ref).max() / max(np.abs(ref).max(), 1e-30))
         worst = max(worst, rel)
         assert rel <= GRAD_TOL, f"{path}: gradient relative error {rel:.3g}"
