@@ -167,8 +167,20 @@ def convert_gguf(gguf_path: Path, dest: Path, architecture: str = "llama") -> di
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError:
         raise FetchError("converting a GGUF checkpoint needs torch and transformers installed") from None
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                 dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                  dtype=torch.float32)
+    # A GGUF-loaded model is flagged quantized and refuses save_pretrained; its weights are plain
+    # float32 tensors by now, so a fresh model of the same config takes them as they are.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(loaded)(config)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise FetchError(f"{gguf_path}: converted weights do not fit {type(loaded).__name__}: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+    model.tie_weights()
+    del loaded
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     template = gguf_chat_template(gguf_path)
     if template and not getattr(tokenizer, "chat_template", None):
