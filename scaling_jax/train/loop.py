@@ -62,6 +62,7 @@ def train(cfg: Config) -> dict[str, Any]:
     writer = MetricsWriter(run_dir, enabled=main)
     abstract = session.abstract_state
     restored = ckpt.restore_latest(abstract)
+    evaluate_valid = lambda st: evaluate(eval_step, st.params, data.valid, cfg, data, bsh)
     progress = {"best": None, "bad_evals": 0, "stopped_early": False}
     if restored is not None:
         step0, state, extra = restored
@@ -80,8 +81,9 @@ def train(cfg: Config) -> dict[str, Any]:
         if data.test is not None and cfg.model.task != "causal_lm":
             before = evaluate(eval_step, state.params, data.test, cfg, data, bsh)
             writer.write(0, "test", {"phase": "before", **before})
-
-    evaluate_valid = lambda st: evaluate(eval_step, st.params, data.valid, cfg, data, bsh)
+        if data.valid is not None and cfg.model.task == "causal_lm" and cfg.model.pretrained:
+            # a pretrained LM's held-out loss before any update: what continued pretraining improves on
+            writer.write(0, "eval", {"phase": "before", **evaluate_valid(state)})
     result: dict[str, Any] = {"summary": summary}
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     pending: tuple[int, Any] | None = None
