@@ -101,7 +101,8 @@ def make_parser() -> argparse.ArgumentParser:
     with_config("sweep", "Train a size family and fit scaling laws (results.csv, fit.json, plots).", _sweep)
     s = sub.add_parser("predict", help="Predict on text lines (--text or stdin); JSON lines out.",
                        description="Predict with a run directory or a Hugging Face model directory.")
-    s.add_argument("model_dir", help="a run directory (config.yaml + checkpoints) or an HF model directory")
+    s.add_argument("model_dir", help="a run directory (config.yaml + checkpoints), an HF model directory or an "
+                   "alias (smollm2-135m)")
     s.add_argument("--text", action="append", help="input text (repeatable); default: stdin lines")
     s.add_argument("--max-new-tokens", type=int, default=40, help="causal LM: tokens to generate")
     s.add_argument("--top-k", type=int, default=0, help="causal LM: sample from the top k (0 = greedy)")

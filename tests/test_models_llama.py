@@ -255,6 +255,31 @@ def test_scan_layers_and_remat_give_the_same_logits(tmp_path):
         np.testing.assert_allclose(x, y, atol=1e-6)
 
 
+def test_freeze_presets_and_lora_targets_cover_llama_layers():
+    from scaling_jax.train.freeze import make_freeze_labels
+    from scaling_jax.train.lora import DEFAULT_TARGETS, lora_targets
+    model = init_model(LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                   num_attention_heads=2, tie_word_embeddings=True), task="causal_lm")
+    labels, report = make_freeze_labels(model.params, presets=("bottom:1",))
+    assert labels["embed_tokens"]["embedding"] == "frozen"
+    assert labels["layers_0"]["mlp"]["up_proj"]["kernel"] == "frozen"
+    assert labels["layers_1"]["mlp"]["up_proj"]["kernel"] == "train" and labels["norm"]["scale"] == "train"
+    targets = lora_targets(model.params, DEFAULT_TARGETS)
+    assert len(targets) == 2 * 7 and "layers_1/self_attn/o_proj/kernel" in targets
+
+
+def test_llama_from_scratch_config():
+    from scaling_jax.config import config_from_dict
+    from scaling_jax.train.build import build_model
+    cfg = config_from_dict({"model": {"family": "llama", "vocab_size": 50, "d_model": 32, "n_layers": 1,
+                                      "n_heads": 4, "n_kv_heads": 2, "max_len": 16}})
+    model = build_model(cfg)
+    c = model.config
+    assert (c.model_type, c.num_key_value_heads, c.head_dim, c.intermediate_size, c.tie_word_embeddings) == \
+        ("llama", 2, 8, 85, True)
+    assert model.params["layers_0"]["self_attn"]["k_proj"]["kernel"].shape == (32, 16)
+
+
 def test_zz_report_measured_errors():
     for name, err in sorted(ERRORS.items()):
         print(f"{name:50s} {err:.3g}")

@@ -14,7 +14,7 @@ import numpy as np
 
 from scaling_jax.data.align import entities_from_tags
 from scaling_jax.errors import ConfigError, MissingFileError
-from scaling_jax.models import load_pretrained, load_tokenizer
+from scaling_jax.models import KNOWN_MODELS, fetch_model, load_pretrained, load_tokenizer
 from scaling_jax.models.generate import generate, left_pad, pick_token
 from scaling_jax.train.session import open_session, restore_params, run_config
 
@@ -29,8 +29,9 @@ def _lines(texts: list[str] | None) -> Iterable[str]:
 
 
 def load_for_predict(model_dir: str | Path):
-    """(model, params, tokenizer, label_names) from a run directory or a Hugging Face directory."""
-    model_dir = Path(model_dir)
+    """(model, params, tokenizer, label_names) from a run directory, a Hugging Face directory or a
+    known alias (`smollm2-135m`, fetched into the cache once)."""
+    model_dir = fetch_model(str(model_dir)) if str(model_dir) in KNOWN_MODELS else Path(model_dir)
     if (model_dir / "config.yaml").is_file():
         cfg = run_config(model_dir, ("mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1"))
         session = open_session(cfg, with_data=False)
