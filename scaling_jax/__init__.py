@@ -1,4 +1,4 @@
-"""scaling_jax: pure, jitted, sharded JAX/Flax steps; HF BERT/GPT-2 fine-tuning; scaling-law sweeps."""
+"""scaling_jax: pure, jitted, sharded JAX/Flax steps; HF BERT/GPT-2/Llama fine-tuning; scaling-law sweeps."""
 from __future__ import annotations
 
 import importlib
@@ -10,6 +10,7 @@ _EXPORTS = {
     "load_pretrained": "scaling_jax.models",
     "save_pretrained": "scaling_jax.models",
     "init_model": "scaling_jax.models",
+    "generate": "scaling_jax.models.generate",
     "TrainState": "scaling_jax.train.state",
     "make_train_step": "scaling_jax.train.step",
     "make_eval_step": "scaling_jax.train.step",

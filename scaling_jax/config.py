@@ -24,7 +24,7 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    family: str = "gpt2"  # gpt2 | bert
+    family: str = "gpt2"  # gpt2 | bert | llama (from scratch; a pretrained model's config.json decides)
     pretrained: str = ""  # local HF directory, or an alias such as "minilm-l6"; "" = from scratch
     task: str = "causal_lm"  # causal_lm | token_classification | sequence_classification | masked_lm
     num_labels: int = 0  # 0 = read from the data
@@ -33,6 +33,7 @@ class ModelConfig:
     d_model: int = 128
     n_layers: int = 2
     n_heads: int = 4
+    n_kv_heads: int = 0  # llama: key/value heads (grouped-query attention); 0 = n_heads
     d_ff: int = 0  # 0 = 4 * d_model
     max_len: int = 256
     dropout: float = 0.0
@@ -152,7 +153,7 @@ REMAT_POLICIES = ("nothing_saveable", "everything_saveable", "dots_saveable", "d
 KERNELS = ("auto", "xla", "xla_cpu")
 
 _CHOICES = {
-    "model.family": ("gpt2", "bert"),
+    "model.family": ("gpt2", "bert", "llama"),
     "model.task": ("causal_lm", "token_classification", "sequence_classification", "masked_lm"),
     "model.dtype": ("float32", "bfloat16"),
     "model.remat_policy": ("", *REMAT_POLICIES),

@@ -23,3 +23,15 @@ def test_readme_step_example_runs_as_written(tmp_path):
 
 
 
+
+
+def test_readme_generate_example_runs_as_written(tmp_path):
+    text = README.read_text()
+    section = text[text.index("## Job 3"):text.index("## Speed and memory")]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    code = next(b for b in blocks if "sj.generate(" in b)
+    script = tmp_path / "generate_example.py"
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "(2, 8) (2, 8)"

@@ -26,7 +26,9 @@ from scaling_jax.ops import xla, xla_cpu
 from scaling_jax.flops import train_flops_per_token
 from scaling_jax.hostmem import cpu_info, keep_host_buffers
 from scaling_jax.mesh import DEFAULT_RULES, batch_sharding, make_mesh
-from scaling_jax.models import BertConfig, GPT2Config, init_model
+from scaling_jax.models import BertConfig, GPT2Config, init_model, load_pretrained, load_tokenizer
+from scaling_jax.models.generate import generate
+from scaling_jax.models.hf import resolve_model_dir
 from scaling_jax.scaling.bench_fit import run_bench as run_fit_bench
 from scaling_jax.train.stacked import stack_layers
 from scaling_jax.train.step import init_state, make_train_step
@@ -314,6 +316,64 @@ def kernel_contenders(shape: Shape, peaks: dict[str, float], dropout: float) -> 
     return out
 
 
+GENERATE_PROMPT = ("ROMEO: But, soft! what light through yonder window breaks? It is the east, and Juliet is "
+                   "the sun. Arise, fair sun, and kill the envious moon,")
+
+
+def bench_generate(model_dir: str = "smollm2-135m", batches: tuple[int, ...] = (1, 8), new_tokens: int = 128,
+                   rounds: int = 3) -> list[dict]:
+    """Greedy generation of `new_tokens` tokens after one real prompt (repeated over the batch):
+    ours (`scaling_jax.generate`, KV cache, one jit) vs transformers' `generate(use_cache=True)` on
+    the same weights, timed in alternating rounds. Per contender: decode tokens/s (all rows' new
+    tokens over the whole call) and time to first token (a 1-token call: prefill + one pick); EOS
+    is off on both sides so every call makes the same number of tokens."""
+    import torch
+    import transformers
+    torch.set_num_threads(os.cpu_count() or 1)
+    path = resolve_model_dir(model_dir)
+    ours = load_pretrained(path, task="causal_lm")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    prompt = load_tokenizer(path)(GENERATE_PROMPT)["input_ids"]
+    rows = []
+    for batch in batches:
+        ids = np.asarray([prompt] * batch, np.int32)
+        mask = np.ones_like(ids)
+        t_ids, t_mask = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
+
+        def run_ours(n):
+            return np.asarray(generate(ours, ours.params, ids, mask, max_new_tokens=n))
+
+        def run_theirs(n):
+            with torch.no_grad():
+                out = theirs.generate(t_ids, attention_mask=t_mask, max_new_tokens=n, min_new_tokens=n,
+                                      do_sample=False, use_cache=True, eos_token_id=None,
+                                      pad_token_id=theirs.config.pad_token_id or 0)
+            return out[:, ids.shape[1]:].numpy()
+
+        t = time.perf_counter()
+        same = bool((run_ours(new_tokens) == run_theirs(new_tokens)).all())  # also compiles ours
+        run_ours(1)
+        first_s = time.perf_counter() - t
+        times: dict[str, list[float]] = {k: [] for k in ("ours", "ours_ttft", "hf", "hf_ttft")}
+        for _ in tqdm(range(rounds), desc=f"generate b{batch}", file=sys.stderr, leave=False):
+            for key, fn, n in (("ours", run_ours, new_tokens), ("hf", run_theirs, new_tokens),
+                               ("ours_ttft", run_ours, 1), ("hf_ttft", run_theirs, 1)):
+                t = time.perf_counter()
+                fn(n)
+                times[key].append(time.perf_counter() - t)
+        for who in ("ours", "hf"):
+            sec = statistics.median(times[who])
+            rows.append({"name": f"generate/{who}/b{batch}", "tokens_per_s": batch * new_tokens / sec,
+                         "step_ms": sec / new_tokens * 1e3, "mfu": None,
+                         "ttft_ms": statistics.median(times[f"{who}_ttft"]) * 1e3, "new_tokens": new_tokens,
+                         "prompt_tokens": len(prompt), **({"first_call_s": first_s} if who == "ours" else {})})
+        rows.append({"name": f"ratio/generate_b{batch}", "tokens_per_s": None, "step_ms": None, "mfu": None,
+                     "ours_vs_hf_tokens_per_s": paired_ratio(times["hf"], times["ours"]),
+                     "ours_vs_hf_ttft": paired_ratio(times["hf_ttft"], times["ours_ttft"]),
+                     "same_greedy_tokens": same})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scaling-jax bench", description=__doc__)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -332,10 +392,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernels", action="store_true",
                    help="also the step under model.kernels=xla and xla_cpu with each CPU trick removed, "
                         "with each one's speed relative to xla_cpu (auto on CPU)")
+    p.add_argument("--generate", action="store_true",
+                   help="only the generation bench: our KV-cache decode vs transformers' generate, greedy, "
+                        "128 new tokens, batch 1 and 8 (on --generate-model)")
+    p.add_argument("--generate-model", default="smollm2-135m", help="model directory or alias for --generate")
+    p.add_argument("--generate-rounds", type=int, default=3)
     args = p.parse_args(argv)
     if args.finetune:
         return _print_rows(finetune_bench.run(), args.json)
     keep_host_buffers()  # before the first computation, for the whole process: torch's allocations get it too
+    if args.generate:
+        return _print_rows(bench_generate(args.generate_model, rounds=args.generate_rounds), args.json)
     rows: list[dict] = []
     device = jax.devices()[0]
     named = next((v for k, v in NAMED_PEAKS.items() if k.lower() in device.device_kind.lower()), None)
@@ -384,12 +451,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_rows(rows: list[dict], as_json: bool) -> int:
     for r in rows:
-        if as_json:
-            print(json.dumps(r), flush=True)
-        else:
-            print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
-                            if v is not None), flush=True)
+        _print_row(r, as_json)
     return 0
+
+
+def _print_row(r: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(r), flush=True)
+    else:
+        print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
+                        if v is not None), flush=True)
 
 
 if __name__ == "__main__":

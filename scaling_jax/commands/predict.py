@@ -1,4 +1,5 @@
-"""`scaling-jax predict`: entities for token classification, labels for classification, text for LMs."""
+"""`scaling-jax predict`: entities for token classification, labels for classification, text for LMs
+(`scaling_jax.generate` with a KV cache; `--chat` applies the tokenizer's chat template)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,8 @@ import numpy as np
 
 from scaling_jax.data.align import entities_from_tags
 from scaling_jax.errors import ConfigError, DataError, MissingFileError
-from scaling_jax.models import load_pretrained, load_tokenizer
+from scaling_jax.models import KNOWN_MODELS, fetch_model, load_pretrained, load_tokenizer
+from scaling_jax.models.generate import generate, left_pad, pick_token
 from scaling_jax.train.session import open_session, restore_params, run_config
 
 
@@ -37,8 +39,9 @@ def _lines(texts: list[str] | None) -> Iterable[str]:
 
 
 def load_for_predict(model_dir: str | Path):
-    """(model, params, tokenizer, label_names) from a run directory or a Hugging Face directory."""
-    model_dir = Path(model_dir)
+    """(model, params, tokenizer, label_names) from a run directory, a Hugging Face directory or a
+    known alias (`smollm2-135m`, fetched into the cache once)."""
+    model_dir = fetch_model(str(model_dir)) if str(model_dir) in KNOWN_MODELS else Path(model_dir)
     if (model_dir / "config.yaml").is_file():
         cfg = run_config(model_dir, ("mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1"))
         session = open_session(cfg, with_data=False)
@@ -52,7 +55,7 @@ def load_for_predict(model_dir: str | Path):
     task = ("token_classification" if "TokenClassification" in arch else
             "sequence_classification" if "SequenceClassification" in arch else
             "masked_lm" if "MaskedLM" in arch else
-            "causal_lm" if hf.get("model_type") == "gpt2" else "base")
+            "causal_lm" if "CausalLM" in arch or "LMHead" in arch or hf.get("model_type") == "gpt2" else "base")
     model = load_pretrained(model_dir, task=task)
     labels = [model.id2label[i] for i in sorted(model.id2label)] if model.id2label else []
     return model, model.params, load_tokenizer(model_dir), labels
@@ -106,39 +109,45 @@ def _word_spans(text: str) -> list[tuple[int, int]]:
     return [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
 
 
-def generate(model, params, tokenizer, prompt: str, *, max_new_tokens: int = 40, top_k: int = 0,
-             top_p: float = 1.0, temperature: float = 1.0, seed: int = 0) -> str:
-    """Greedy (top_k=0 and top_p=1) or top-k / nucleus sampling; recomputes the full prefix each
-    token (no KV cache: fine for the short generations of a demo)."""
-    ids = list(tokenizer(prompt)["input_ids"])
-    limit = model.config.n_positions
-    rng = jax.random.PRNGKey(seed)
-    forward = jax.jit(lambda p, x: model.apply(p, x)[0, -1].astype(jnp.float32))
-    for _ in range(max_new_tokens):
-        logits = forward(params, jnp.asarray([ids[-limit:]], jnp.int32))
-        rng, key = jax.random.split(rng)
-        ids.append(int(sample_token(logits, key, top_k=top_k, top_p=top_p, temperature=temperature)))
-        if ids[-1] == tokenizer.eos_token_id:
-            break
-    return tokenizer.decode(ids)
+def prompt_ids(tokenizer, text: str, chat: bool = False) -> list[int]:
+    """The prompt's token ids; with `chat`, `text` is one user turn through the tokenizer's chat
+    template (with the generation prompt), an error for a tokenizer that has none."""
+    if not chat:
+        return list(tokenizer(text)["input_ids"])
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("predict --chat: this model's tokenizer has no chat template")
+    out = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                        tokenize=True)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def generate_texts(model, params, tokenizer, prompts: list[str], *, max_new_tokens: int = 40, top_k: int = 0,
+                   top_p: float = 1.0, temperature: float = 1.0, seed: int = 0, chat: bool = False) -> list[str]:
+    """Continuations of `prompts` (one left-padded batch) by `scaling_jax.generate` with a KV cache:
+    greedy when top_k == 0 and top_p >= 1, else top-k / nucleus sampling at `temperature`. Each text
+    is the prompt's decoded tokens followed by the new ones, up to and without EOS."""
+    rows = [prompt_ids(tokenizer, t, chat) for t in prompts]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    ids, mask = left_pad(rows, pad)
+    eos = tokenizer.eos_token_id
+    new = np.asarray(generate(model, params, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                              pad_token_id=pad, sample=top_k > 0 or top_p < 1.0, temperature=temperature,
+                              top_k=top_k, top_p=top_p, rng=jax.random.PRNGKey(seed)))
+    texts = []
+    for row, out in zip(rows, new):
+        out = list(out)
+        if eos is not None and eos in out:
+            out = out[:out.index(eos)]
+        texts.append(tokenizer.decode(row + out, skip_special_tokens=chat))
+    return texts
 
 
 def sample_token(logits_V: jax.Array, key: jax.Array, *, top_k: int = 0, top_p: float = 1.0,
                  temperature: float = 1.0) -> jax.Array:
-    """Greedy when top_k == 0 and top_p >= 1; else sample from the top-k and/or nucleus set."""
-    if top_k == 0 and top_p >= 1.0:
-        return jnp.argmax(logits_V)
-    logits_V = logits_V / max(temperature, 1e-6)
-    if top_k:
-        kth = jnp.sort(logits_V)[-top_k]
-        logits_V = jnp.where(logits_V < kth, -jnp.inf, logits_V)
-    if top_p < 1.0:
-        order = jnp.argsort(-logits_V)
-        probs = jax.nn.softmax(logits_V[order])
-        keep_sorted = jnp.cumsum(probs) - probs < top_p  # the smallest prefix reaching top_p
-        keep = jnp.zeros_like(keep_sorted).at[order].set(keep_sorted)
-        logits_V = jnp.where(keep, logits_V, -jnp.inf)
-    return jax.random.categorical(key, logits_V)
+    """One token of a V-vector of logits: greedy when top_k == 0 and top_p >= 1, else the top-k
+    and/or nucleus draw of `scaling_jax.models.generate.pick_token`."""
+    return pick_token(jnp.asarray(logits_V)[None], key, sample=top_k > 0 or top_p < 1.0,
+                      temperature=jnp.float32(temperature), top_k=jnp.int32(top_k), top_p=jnp.float32(top_p))[0]
 
 
 def predict_main(args) -> int:
@@ -156,10 +165,10 @@ def predict_main(args) -> int:
             k = int(probs.argmax())
             row = {"text": text, "label": labels[k] if labels else k, "score": float(probs[k])}
         elif model.task == "causal_lm":
-            row = {"prompt": text, "text": generate(model, params, tokenizer, text,
-                                                    max_new_tokens=args.max_new_tokens, top_k=args.top_k,
-                                                    top_p=args.top_p, temperature=args.temperature,
-                                                    seed=args.seed)}
+            (out,) = generate_texts(model, params, tokenizer, [text], max_new_tokens=args.max_new_tokens,
+                                    top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+                                    seed=args.seed, chat=getattr(args, "chat", False))
+            row = {"prompt": text, "text": out}
         else:
             raise ConfigError(f"predict: task {model.task!r} has no prediction output")
         print(json.dumps(row), flush=True)

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 from scaling_jax.errors import ConfigError
 from scaling_jax.models.hf_config import check_heads, config_from_hf_dict, config_to_hf_dict
 from scaling_jax.models.layers import (Dropout, Dtype, KernelsName, attend, dense, embed, layer_norm, positions,
-                                       run_layers, tied_logits)
-from scaling_jax.ops import activation
-from scaling_jax.ops.masks import causal_mask, combine, padding_mask, segment_mask
+                                       run_layers, tied_logits, write_kv, write_positions)
+from scaling_jax.ops import activation, get_kernels
+from scaling_jax.ops.masks import causal_mask, combine, decoder_mask, padding_mask, segment_mask
 
 TASKS = ("base", "causal_lm", "sequence_classification")
 
@@ -94,7 +94,7 @@ class GPT2Attention(nn.Module):
     kernels: KernelsName = "auto"
 
     @nn.compact
-    def __call__(self, x_BxLxD, mask_Bx1xLxL, train: bool):
+    def __call__(self, x_BxLxD, mask_Bx1xLxL, train: bool, kv=None, index=None):
         c = self.config
         # HF keeps q/k/v fused in one Conv1D `c_attn`; separate Dense layers give each its own
         # ("embed", "heads") kernel for tensor parallelism, and hf.py splits/fuses on load/save.
@@ -105,12 +105,20 @@ class GPT2Attention(nn.Module):
         if c.scale_attn_by_inverse_layer_idx:
             scale /= float(self.layer_idx + 1)
         rng = self.make_rng("dropout") if train and c.attn_pdrop > 0 else None
-        a_BxLxD = attend(q_BxLxD, k_BxLxD, v_BxLxD, mask_Bx1xLxL, num_heads=c.n_head, scale=scale,
-                         dropout_rate=c.attn_pdrop, dropout_rng=rng, kernels=self.kernels)
+        if kv is None:
+            a_BxLxD = attend(q_BxLxD, k_BxLxD, v_BxLxD, mask_Bx1xLxL, num_heads=c.n_head, scale=scale,
+                             dropout_rate=c.attn_pdrop, dropout_rng=rng, kernels=self.kernels)
+        else:  # decoding: this chunk's keys/values go to the cache at `index`; attend over all of it
+            B, T, N, H = *x_BxLxD.shape[:2], c.n_head, c.head_dim
+            kv = write_kv(kv, k_BxLxD.reshape(B, T, N, H), v_BxLxD.reshape(B, T, N, H), index)
+            a_BxLxD = get_kernels(self.kernels).attention(
+                q_BxLxD.reshape(B, T, N, H), kv["k"].astype(self.dtype), kv["v"].astype(self.dtype), mask_Bx1xLxL,
+                scale=scale).reshape(B, T, N * H)
         # GPT-2's scaled init of residual projections: std / sqrt(2 * n_layer).
         out_BxLxD = dense(c.n_embd, ("heads", "embed"), std=c.initializer_range / math.sqrt(2 * c.n_layer),
                           dtype=self.dtype, kernels=self.kernels, name="c_proj")(a_BxLxD)
-        return Dropout(c.resid_pdrop, self.kernels)(out_BxLxD, deterministic=not train)
+        out_BxLxD = Dropout(c.resid_pdrop, self.kernels)(out_BxLxD, deterministic=not train)
+        return out_BxLxD if kv is None else (out_BxLxD, kv)
 
 
 class GPT2MLP(nn.Module):
@@ -137,12 +145,15 @@ class GPT2Block(nn.Module):
     kernels: KernelsName = "auto"
 
     @nn.compact
-    def __call__(self, x_BxLxD, mask_Bx1xLxL, train: bool):
+    def __call__(self, x_BxLxD, mask_Bx1xLxL, train: bool, kv=None, index=None):
         c, kw = self.config, {"dtype": self.dtype, "kernels": self.kernels}
         h_BxLxD = layer_norm(c.layer_norm_epsilon, dtype=self.dtype, name="ln_1")(x_BxLxD)
-        x_BxLxD = x_BxLxD + GPT2Attention(c, self.layer_idx, **kw, name="attn")(h_BxLxD, mask_Bx1xLxL, train)
+        out = GPT2Attention(c, self.layer_idx, **kw, name="attn")(h_BxLxD, mask_Bx1xLxL, train, kv, index)
+        a_BxLxD, kv = out if kv is not None else (out, None)
+        x_BxLxD = x_BxLxD + a_BxLxD
         h_BxLxD = layer_norm(c.layer_norm_epsilon, dtype=self.dtype, name="ln_2")(x_BxLxD)
-        return x_BxLxD + GPT2MLP(c, **kw, name="mlp")(h_BxLxD, train)
+        x_BxLxD = x_BxLxD + GPT2MLP(c, **kw, name="mlp")(h_BxLxD, train)
+        return x_BxLxD if kv is None else (x_BxLxD, kv)
 
 
 class GPT2Model(nn.Module):
@@ -155,6 +166,9 @@ class GPT2Model(nn.Module):
     Packed rows (data/packing.py) pass `segment_ids_BxL` (no attention across segments; 0 = padding),
     `positions_BxL` (restarting per segment) and, for sequence classification, `segment_ends_BxS`
     (each segment's last token): logits are then B x S x C.
+    `positions_BxL` default to 0..L-1. With `cache` (`models/generate.py`), `attention_mask_BxL`
+    marks this chunk's real tokens, the chunk is written at `cache["index"]`, and `(logits, cache)`
+    is returned.
     """
 
     config: GPT2Config
@@ -167,7 +181,8 @@ class GPT2Model(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, *, positions_BxL=None,
-                 segment_ids_BxL=None, segment_starts_BxS=None, segment_ends_BxS=None, train: bool = False):
+                 segment_ids_BxL=None, segment_starts_BxS=None, segment_ends_BxS=None, train: bool = False,
+                 cache=None):
         c = self.config
         if self.task not in TASKS:
             raise ConfigError(f"GPT-2 task {self.task!r} is not one of {', '.join(TASKS)}")
@@ -182,13 +197,28 @@ class GPT2Model(nn.Module):
         if token_type_ids_BxL is not None:  # as HF: token types are looked up in wte
             x_BxLxD = x_BxLxD + wte(token_type_ids_BxL)
         x_BxLxD = Dropout(c.embd_pdrop, self.kernels)(x_BxLxD, deterministic=not train)
-        keys = padding_mask(attention_mask_BxL) if segment_ids_BxL is None else segment_mask(segment_ids_BxL)
-        mask_Bx1xLxL = combine(causal_mask(L), keys)
-        # A block depends on its index only through scale_attn_by_inverse_layer_idx: then unroll.
-        scan = self.scan and not c.scale_attn_by_inverse_layer_idx
-        x_BxLxD = run_layers(self, GPT2Block, lambda i: (c, i, self.dtype, self.kernels), c.n_layer, "h_", x_BxLxD,
-                             mask_Bx1xLxL, train=train, remat=self.remat, scan=scan)
+        if cache is None:
+            keys = padding_mask(attention_mask_BxL) if segment_ids_BxL is None else segment_mask(segment_ids_BxL)
+            mask_Bx1xLxL = combine(causal_mask(L), keys)
+            # A block depends on its index only through scale_attn_by_inverse_layer_idx: then unroll.
+            scan = self.scan and not c.scale_attn_by_inverse_layer_idx
+            x_BxLxD = run_layers(self, GPT2Block, lambda i: (c, i, self.dtype, self.kernels), c.n_layer, "h_",
+                                 x_BxLxD, mask_Bx1xLxL, train=train, remat=self.remat, scan=scan)
+        else:
+            pos_BxL = jnp.broadcast_to(positions(L)[None], (B, L)) if positions_BxL is None else positions_BxL
+            cache = write_positions(cache, pos_BxL, attention_mask_BxL)
+            mask = decoder_mask(pos_BxL, cache["pos"], cache["valid"])
+            layers = []
+            for i in range(c.n_layer):
+                x_BxLxD, kv = GPT2Block(c, i, self.dtype, self.kernels, name=f"h_{i}")(
+                    x_BxLxD, mask, False, cache["layers"][i], cache["index"])
+                layers.append(kv)
+            cache = {**cache, "layers": layers, "index": cache["index"] + L}
         x_BxLxD = layer_norm(c.layer_norm_epsilon, dtype=self.dtype, name="ln_f")(x_BxLxD)
+        if cache is not None:
+            if self.task != "causal_lm":
+                raise ConfigError(f"a KV cache serves task 'causal_lm', not {self.task!r}")
+            return tied_logits(x_BxLxD, wte.embedding, self.dtype), cache
         if self.task == "base":
             return x_BxLxD.astype(jnp.float32)
         if self.task == "causal_lm":

@@ -25,7 +25,7 @@ import numpy as np
 
 from scaling_jax.flops import train_flops_per_token
 from scaling_jax.errors import CheckpointError, ConfigError, MissingFileError, OutputExistsError
-from scaling_jax.models import bert, gpt2
+from scaling_jax.models import bert, gpt2, llama
 from scaling_jax.models.fetch import KNOWN_MODELS, fetch_model
 from scaling_jax.tree import flat_dict as _flat, unflat_dict as _unflat
 
@@ -115,6 +115,16 @@ GPT2_KEYS = (
     (r"score", "score", LINEAR),
 )
 
+LLAMA_KEYS = (  # LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM (and their *Model, *ForSequenceClassification)
+    (r"embed_tokens", "model.embed_tokens", EMBED),
+    (r"layers_(\d+)/(input_layernorm|post_attention_layernorm)", "model.layers.{0}.{1}", NORM),
+    (r"layers_(\d+)/self_attn/(q_proj|k_proj|v_proj|o_proj)", "model.layers.{0}.self_attn.{1}", LINEAR),
+    (r"layers_(\d+)/mlp/(gate_proj|up_proj|down_proj)", "model.layers.{0}.mlp.{1}", LINEAR),
+    (r"norm", "model.norm", NORM),
+    (r"lm_head", "lm_head", LINEAR),
+    (r"score", "score", LINEAR),
+)
+
 
 @dataclass(frozen=True)
 class Family:
@@ -129,6 +139,7 @@ class Family:
     tied: tuple[str, ...]  # HF keys tied to ours: read nothing from them, never written
     ignored: str  # regex of HF buffers that are not parameters (old checkpoints carry them)
     new_ok: tuple[str, ...]  # our top-level modules a checkpoint may lack (heads): freshly initialised
+    untied_ok: bool = False  # an LM head with its own weights (tie_word_embeddings=false) is supported
 
     def hf_key(self, path: str) -> tuple[str, Layout]:
         module, leaf = path.rsplit("/", 1)
@@ -154,7 +165,23 @@ GPT2 = Family(
     tied=("lm_head.weight",),
     ignored=r"(.*\.)?h\.\d+\.(attn|crossattention)\.(bias|masked_bias)",
     new_ok=("score",))
-FAMILIES = {f.model_type: f for f in (BERT, GPT2)}
+
+
+def _llama_family(model_type: str, name: str) -> Family:
+    """Llama, Qwen2 and Mistral share our LlamaModel and key table; HF class names differ."""
+    return Family(
+        model_type, llama.LlamaConfig, llama.LlamaModel, llama.TASKS, "model.", LLAMA_KEYS,
+        {"base": f"{name}Model", "causal_lm": f"{name}ForCausalLM",
+         "sequence_classification": f"{name}ForSequenceClassification"},
+        head_key="score.weight",
+        tied=(),
+        ignored=r"(.*\.)?rotary_emb\.inv_freq|lm_head\.weight",  # a tied head saved anyway is not read
+        new_ok=("score",), untied_ok=True)
+
+
+LLAMA, QWEN2, MISTRAL = (_llama_family(t, n) for t, n in (("llama", "Llama"), ("qwen2", "Qwen2"),
+                                                           ("mistral", "Mistral")))
+FAMILIES = {f.model_type: f for f in (BERT, GPT2, LLAMA, QWEN2, MISTRAL)}
 
 
 def family_of(config_or_type: Any, source: str = "config") -> Family:
@@ -309,11 +336,11 @@ class Pretrained:
         return nn.get_partition_spec(self.abstract_variables())["params"]
 
     def matmul_params(self) -> int:
-        """The weights each token is multiplied by: every 2-D dense kernel, plus the LM head tied to
-        the input embeddings (causal / masked LM)."""
+        """The weights each token is multiplied by: every 2-D dense kernel (an untied LM head is one),
+        plus the LM head tied to the input embeddings (causal / masked LM), counted once."""
         shapes = _flat(nn.meta.unbox(self.abstract_variables())["params"])
         n = sum(math.prod(x.shape) for path, x in shapes.items() if path.endswith("/kernel") and len(x.shape) == 2)
-        if self.task in LM_TASKS:
+        if self.task in LM_TASKS and getattr(self.config, "tie_word_embeddings", True):
             n += self.config.vocab_size * self.config.hidden_size
         return int(n)
 
@@ -337,7 +364,7 @@ def _check_task(family: Family, config, task: str, source: str) -> None:
     if task not in family.tasks:
         raise ConfigError(f"{source}: task {task!r} is not one of {family.model_type}'s tasks: "
                          f"{', '.join(family.tasks)}")
-    if task in LM_TASKS and not config.tie_word_embeddings:
+    if task in LM_TASKS and not config.tie_word_embeddings and not family.untied_ok:
         raise ConfigError(f"{source}: tie_word_embeddings=false (an untied LM head) is not supported")
 
 

@@ -65,6 +65,22 @@ def layer_norm(epsilon: float, *, dtype: Dtype, name: str) -> nn.LayerNorm:
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)))
 
 
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich 2019; HF's LlamaRMSNorm): x / sqrt(mean(x²) + eps) · scale,
+    the statistics and the normalisation in float32 whatever the compute dtype, then cast and scaled."""
+
+    epsilon: float
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+        scale_D = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+                             (x_BxLxD.shape[-1],), jnp.float32)
+        x32 = x_BxLxD.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.epsilon)
+        return scale_D.astype(self.dtype) * y.astype(self.dtype)
+
+
 class Embed(nn.Embed):
     """nn.Embed (same param, `attend`) whose lookup gathers float32 rows and then casts them.
 
@@ -116,6 +132,23 @@ def attend(q_BxTxD: jax.Array, k_BxSxE: jax.Array, v_BxSxE: jax.Array, mask: jax
         q_BxTxD.reshape(B, T, num_heads, H), k_BxSxE.reshape(B, S, K, H), v_BxSxE.reshape(B, S, K, H), mask,
         scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
     return out_BxTxNxH.reshape(B, T, D)
+
+
+def write_kv(kv: dict, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array, index: jax.Array) -> dict:
+    """A layer's KV cache {"k", "v": B x S x K x H} with this chunk's keys and values written at
+    slot `index` (a traced scalar: one compiled decode step serves every position)."""
+    return {"k": jax.lax.dynamic_update_slice_in_dim(kv["k"], k_BxTxKxH.astype(kv["k"].dtype), index, axis=1),
+            "v": jax.lax.dynamic_update_slice_in_dim(kv["v"], v_BxTxKxH.astype(kv["v"].dtype), index, axis=1)}
+
+
+def write_positions(cache: dict, positions_BxT: jax.Array, attention_mask_BxT: jax.Array | None) -> dict:
+    """The cache with this chunk's key positions (`pos`, B x S) and validity (`valid`) written at
+    `cache["index"]`; `attention_mask_BxT` None = all real tokens."""
+    B, T = positions_BxT.shape
+    valid_BxT = jnp.ones((B, T), bool) if attention_mask_BxT is None else jnp.asarray(attention_mask_BxT) != 0
+    i = cache["index"]
+    return {**cache, "pos": jax.lax.dynamic_update_slice_in_dim(cache["pos"], positions_BxT.astype(jnp.int32), i, 1),
+            "valid": jax.lax.dynamic_update_slice_in_dim(cache["valid"], valid_BxT, i, 1)}
 
 
 def head_scale(head_dim: int) -> float:
@@ -180,5 +213,6 @@ def run_layers(parent: nn.Module, layer_cls: type[nn.Module], layer_args: Callab
     return x
 
 
-__all__ = ["Dense", "Dropout", "Embed", "Kernels", "REMAT_POLICIES", "SCAN_DEFAULT_POLICY", "attend", "dense",
-           "embed", "head_scale", "layer_norm", "positions", "remat_policy", "run_layers", "tied_logits"]
+__all__ = ["Dense", "Dropout", "Embed", "RMSNorm", "Kernels", "REMAT_POLICIES", "SCAN_DEFAULT_POLICY", "attend", "dense",
+           "embed", "head_scale", "layer_norm", "positions", "remat_policy", "run_layers", "tied_logits",
+           "write_kv", "write_positions"]

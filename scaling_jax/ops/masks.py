@@ -34,6 +34,18 @@ def window_mask(query_pos_BxT: jax.Array, key_pos_BxS: jax.Array, window: int) -
     return ((d >= 0) & (d < window))[:, None]
 
 
+def decoder_mask(query_pos_BxT: jax.Array, key_pos_BxS: jax.Array, key_valid_BxS: jax.Array | None = None,
+                 sliding_window: int | None = None) -> jax.Array:
+    """A decoder's attention mask, Bx1xTxS: a key is seen when it is valid (a real token, already
+    written to a KV cache), not after the query (key position <= query position) and, with a
+    window w, at most w - 1 positions before it (Mistral; HF's `sliding_window_overlay`).
+    Positions, not indices, so left-padded rows and cache slots compare by where their tokens
+    stand in the text; with positions 0..L-1 it is `causal_mask(L)` (and the padding mask)."""
+    causal = (query_pos_BxT[:, :, None] >= key_pos_BxS[:, None, :])[:, None]
+    window = window_mask(query_pos_BxT, key_pos_BxS, sliding_window) if sliding_window else None
+    return combine(causal, window, padding_mask(key_valid_BxS))
+
+
 def combine(*masks: jax.Array | None) -> jax.Array | None:
     """The conjunction of the given masks (None = no constraint); None when all are None."""
     out = None
@@ -43,4 +55,4 @@ def combine(*masks: jax.Array | None) -> jax.Array | None:
     return out
 
 
-__all__ = ["padding_mask", "causal_mask", "segment_mask", "window_mask", "combine"]
+__all__ = ["padding_mask", "causal_mask", "segment_mask", "window_mask", "decoder_mask", "combine"]

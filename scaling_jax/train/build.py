@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 from scaling_jax.config import Config
 from scaling_jax.data.tokenizer import resolve_model_dir
 from scaling_jax import hostmem
-from scaling_jax.models import BertConfig, GPT2Config, init_model, load_pretrained
+from scaling_jax.models import BertConfig, GPT2Config, LlamaConfig, init_model, load_pretrained
 from scaling_jax.train.freeze import make_freeze_labels
 from scaling_jax.train.lora import DEFAULT_TARGETS, init_lora, merge_lora
 
@@ -42,6 +42,12 @@ def build_model(cfg: Config, num_labels: int | None = None, id2label: dict | Non
         mc = GPT2Config(vocab_size=m.vocab_size, n_positions=m.max_len, n_embd=m.d_model, n_layer=m.n_layers,
                         n_head=m.n_heads, n_inner=m.d_ff or None, resid_pdrop=m.dropout,
                         embd_pdrop=m.dropout, attn_pdrop=m.dropout)
+    elif m.family == "llama":  # SmolLM2-like defaults: SwiGLU at 8/3 d_model, tied head, theta 1e5
+        mc = LlamaConfig(vocab_size=m.vocab_size, hidden_size=m.d_model, num_hidden_layers=m.n_layers,
+                         num_attention_heads=m.n_heads, num_key_value_heads=m.n_kv_heads or m.n_heads,
+                         intermediate_size=m.d_ff or 8 * m.d_model // 3, max_position_embeddings=m.max_len,
+                         rope_theta=100000.0, tie_word_embeddings=True, attention_dropout=m.dropout,
+                         rms_norm_eps=1e-5)
     else:
         mc = BertConfig(vocab_size=m.vocab_size, hidden_size=m.d_model, num_hidden_layers=m.n_layers,
                         num_attention_heads=m.n_heads, intermediate_size=m.d_ff or 4 * m.d_model,

@@ -20,13 +20,13 @@ from scaling_jax.errors import ConfigError
 
 TRAIN, FROZEN = "train", "frozen"
 
-# BERT `embeddings/...`, GPT-2 `wte/`, `wpe/` (notes/CONTRACTS.md). `(^|/)` lets a prefix such as
+# BERT `embeddings/...`, GPT-2 `wte/`, `wpe/`, Llama `embed_tokens/` (notes/CONTRACTS.md). `(^|/)` lets a prefix such as
 # the "base/" of a LoRA tree come first.
-EMBEDDINGS = r"(^|/)(embeddings|wte|wpe)/"
+EMBEDDINGS = r"(^|/)(embeddings|wte|wpe|embed_tokens)/"
 # Task heads and the "lora" half of a {"base", "lora"} tree: what `all_but_head` leaves trainable.
 HEAD_OR_LORA = r"(classifier|pooler|cls|score|lora)"
 ALL_BUT_HEAD = rf"^(?!(.*/)?{HEAD_OR_LORA}(/|$))"
-_LAYER = re.compile(r"(^|/)(?:encoder/layer_|h_)(\d+)/")
+_LAYER = re.compile(r"(^|/)(?:encoder/layer_|h_|layers_)(\d+)/")
 PRESETS = ("embeddings", "bottom:K", "all_but_head")
 
 
@@ -57,7 +57,7 @@ def preset_regex(preset: str, paths: Sequence[str]) -> str:
         if k == 0:
             return EMBEDDINGS
         idx = "|".join(str(i) for i in range(k))
-        return rf"{EMBEDDINGS}|(^|/)(encoder/layer_|h_)({idx})/"
+        return rf"{EMBEDDINGS}|(^|/)(encoder/layer_|h_|layers_)({idx})/"
     raise ConfigError(f"unknown freeze preset {preset!r}; presets: {PRESETS} or a regex")
 
 

@@ -136,6 +136,7 @@ def _fit(cfg: Config, main: bool, session, summary: dict, ckpt, writer: MetricsW
     data, state, bsh, schedule = session.data, session.state, session.batch_sharding, session.schedule
     train_step, eval_step = session.train_step, session.eval_step
     abstract = session.abstract_state
+    evaluate_valid = lambda st: evaluate(eval_step, st.params, data.valid, cfg, data, bsh)
     progress = {"best": None, "bad_evals": 0, "stopped_early": False}
     if restored is not None:
         step0, state, extra = restored
@@ -151,8 +152,9 @@ def _fit(cfg: Config, main: bool, session, summary: dict, ckpt, writer: MetricsW
         if data.test is not None and cfg.model.task != "causal_lm":
             before = evaluate(eval_step, state.params, data.test, cfg, data, bsh)
             writer.write(0, "test", {"phase": "before", **before})
-
-    evaluate_valid = lambda st: evaluate(eval_step, st.params, data.valid, cfg, data, bsh)
+        if data.valid is not None and cfg.model.task == "causal_lm" and cfg.model.pretrained:
+            # a pretrained LM's held-out loss before any update: what continued pretraining improves on
+            writer.write(0, "eval", {"phase": "before", **evaluate_valid(state)})
     result: dict[str, Any] = {"summary": summary}
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     pending: tuple[int, Any] | None = None

@@ -25,6 +25,8 @@ DEFAULT_TARGETS = (
     r"layer_\d+/output/dense/kernel$",
     r"attn/(query|key|value|c_proj)/kernel$",        # GPT-2
     r"mlp/(c_fc|c_proj)/kernel$",
+    r"self_attn/(q_proj|k_proj|v_proj|o_proj)/kernel$",   # Llama / Qwen2 / Mistral
+    r"mlp/(gate_proj|up_proj|down_proj)/kernel$",
 )
 # Base-model leaves that stay trainable beside the LoRA factors: freshly initialised task heads.
 DEFAULT_HEADS = ("classifier", "score")

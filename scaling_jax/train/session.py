@@ -17,6 +17,8 @@ from scaling_jax.data.tokenizer import load_tokenizer, tokenizer_dir
 from scaling_jax.errors import ConfigError, MissingFileError
 from scaling_jax.mesh import batch_sharding, check_batch, make_mesh, merge_rules
 from scaling_jax.models import save_pretrained
+from scaling_jax.models.peft import save_peft_adapter
+from scaling_jax.tree import flat_dict
 from scaling_jax.train import build
 from scaling_jax.train.evaluate import evaluate
 from scaling_jax.train.optim import make_optimizer
@@ -141,11 +143,23 @@ def run_config(run_dir: str | Path, overrides: tuple[str, ...] = ()) -> Config:
     return load_config(path, (f"run.dir={run_dir}", *overrides))
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -> Path:
-    """Writes the run's best (or latest) params, LoRA merged, as a Hugging Face directory."""
+def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best", peft: bool = False) -> Path:
+    """Writes the run's best (or latest) params, LoRA merged, as a Hugging Face directory; with
+    `peft`, the LoRA factors alone as a PEFT adapter directory for the run's pretrained base."""
     cfg = run_config(run_dir, ("mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1"))
     session = open_session(cfg, with_data=False)
     _, trained = restore_params(session, checkpoint)
+    if peft:
+        if cfg.model.lora_rank <= 0 or not cfg.model.pretrained:
+            raise ConfigError("export --peft: the run must be LoRA (model.lora_rank > 0) on a pretrained model")
+        labels = session.trainable.freeze_labels
+        trained_base = [p for p, v in flat_dict(labels["base"]).items() if v == "train"] if labels else ["all"]
+        if trained_base:
+            raise ConfigError(f"export --peft: base parameters were trained beside LoRA ({trained_base[:3]}); "
+                              f"an adapter cannot carry them: export the merged model")
+        save_peft_adapter(session.model, jax.device_get(trained["lora"]), out_dir, rank=cfg.model.lora_rank,
+                          alpha=cfg.model.lora_alpha, base_model=session.model.source_dir)
+        return Path(out_dir)
     params = jax.device_get(session.model_params(trained))
     save_pretrained(session.model, params, out_dir, tokenizer_dir=tokenizer_dir(cfg))
     return Path(out_dir)
