@@ -138,7 +138,8 @@ def test_token_cache_keys_on_the_tokenizers_merges_not_its_size(tmp_path, monkey
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from scaling_jax.data.lm_text import tokenize_files
+    from scaling_jax.config import config_from_dict
+    from scaling_jax.data.corpus import load_lm
     from scaling_jax.data.tokenizer import tokenizer_identity
 
     def bpe(text):
@@ -152,8 +153,10 @@ def test_token_cache_keys_on_the_tokenizers_merges_not_its_size(tmp_path, monkey
     monkeypatch.setenv("SCALING_JAX_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "c.txt"
     corpus.write_text("abab aabb baab bbba " * 10)
-    ids_a, ids_b = tokenize_files([corpus], a), tokenize_files([corpus], b)
-    assert ids_a.tolist() == a(corpus.read_text(), add_special_tokens=False)["input_ids"] + [a.eos_token_id]
-    assert ids_b.tolist() == b(corpus.read_text(), add_special_tokens=False)["input_ids"] + [b.eos_token_id]
-    assert ids_a.tolist() != ids_b.tolist()
-    assert len(list((tmp_path / "cache" / "tokens").glob("*.npy"))) == 2
+    cfg = config_from_dict({"data": {"kind": "lm_text", "root": str(tmp_path), "train": ["c.txt"], "seq_len": 4}})
+    store_a, store_b = load_lm(cfg, a).train.store, load_lm(cfg, b).train.store
+    ids_a, ids_b = (s.read(0, s.n_tokens).tolist() for s in (store_a, store_b))
+    assert ids_a == a(corpus.read_text(), add_special_tokens=False)["input_ids"] + [a.eos_token_id]
+    assert ids_b == b(corpus.read_text(), add_special_tokens=False)["input_ids"] + [b.eos_token_id]
+    assert ids_a != ids_b
+    assert len(list((tmp_path / "cache" / "tokens").glob("*/index.json"))) == 2

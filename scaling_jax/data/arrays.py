@@ -32,20 +32,25 @@ class ArrayDataset:
         return self.take(batch_indices(step, batch_size, len(self), seed))
 
     def eval_batches(self, batch_size: int, max_batches: int = 0) -> Iterator[tuple[np.ndarray, dict]]:
-        """In-order batches padded to `batch_size` with empty rows (attention 0, labels -100),
-        so shapes never change and every real example is seen once. Yields (indices, batch)."""
-        n = len(self)
-        count = 0
-        for start in range(0, n, batch_size):
-            if max_batches and count >= max_batches:
-                return
-            idx = np.arange(start, min(start + batch_size, n))
-            batch = self.take(idx)
-            pad = batch_size - len(idx)
-            if pad:
-                batch = {k: np.concatenate([v, _empty_rows(k, v, pad)]) for k, v in batch.items()}
-            count += 1
-            yield idx, batch
+        return eval_batches(self, batch_size, max_batches)
+
+
+def eval_batches(ds, batch_size: int, max_batches: int = 0) -> Iterator[tuple[np.ndarray, dict]]:
+    """In-order batches of any dataset with `take` and `len`, padded to `batch_size` with empty
+    rows (attention 0, labels -100), so shapes never change and every real example is seen once.
+    Yields (indices, batch)."""
+    n = len(ds)
+    count = 0
+    for start in range(0, n, batch_size):
+        if max_batches and count >= max_batches:
+            return
+        idx = np.arange(start, min(start + batch_size, n))
+        batch = ds.take(idx)
+        pad = batch_size - len(idx)
+        if pad:
+            batch = {k: np.concatenate([v, _empty_rows(k, v, pad)]) for k, v in batch.items()}
+        count += 1
+        yield idx, batch
 
 
 def _empty_rows(key: str, v: np.ndarray, n: int) -> np.ndarray:

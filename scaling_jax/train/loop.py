@@ -13,11 +13,10 @@ from tqdm.auto import tqdm
 
 from scaling_jax import distributed
 from scaling_jax.config import Config, dump_config, to_dict
-from scaling_jax.data.sampler import batch_indices
 from scaling_jax.errors import CheckpointMismatchError, ConfigError, NonFiniteLossError
 from scaling_jax.metrics_log import MetricsWriter
 from scaling_jax.preemption import PreemptionGuard
-from scaling_jax.train.batches import global_batch
+from scaling_jax.train.feed import BatchFeed
 from scaling_jax.train.evaluate import evaluate
 from scaling_jax.train.freeze import report_lines
 from scaling_jax.train.session import make_checkpointer, open_session
@@ -62,7 +61,7 @@ def train(cfg: Config) -> dict[str, Any]:
     writer = MetricsWriter(run_dir, enabled=main)
     abstract = session.abstract_state
     restored = ckpt.restore_latest(abstract)
-    progress = {"best": None, "bad_evals": 0, "stopped_early": False}
+    progress = {"best": None, "bad_evals": 0, "stopped_early": False, "tokens": 0}
     if restored is not None:
         step0, state, extra = restored
         if extra.get("config_hash") not in (None, config_hash(cfg)):
@@ -95,6 +94,8 @@ def train(cfg: Config) -> dict[str, Any]:
                 f"non-finite training loss ({m['train/loss']}) at step {step}; the last good checkpoint "
                 f"(step {ckpt.latest_step()}) is kept in {ckpt.directory}")
         result["train_loss"] = m["train/loss"]
+        if m["train/finite"]:  # targets trained on (a step skipped by nan_policy=skip trains on none)
+            progress["tokens"] = progress.get("tokens", 0) + int(m["train/tokens"])
         return m
 
     def log_train(step: int, m: dict) -> None:
@@ -110,11 +111,11 @@ def train(cfg: Config) -> dict[str, Any]:
                                      "finite": bool(m["train/finite"])})
         bar.set_postfix(loss=f"{m['train/loss']:.4f}", tok_s=f"{tps:,.0f}")
 
-    with PreemptionGuard() as guard:
+    feed = BatchFeed(data.train, cfg.data.batch_size, cfg.train.seed, bsh, step0, cfg.train.steps)
+    with PreemptionGuard() as guard, feed:
         step = step0
         while step < cfg.train.steps and not progress["stopped_early"]:
-            idx = batch_indices(step, cfg.data.batch_size, len(data.train), cfg.train.seed)
-            state, metrics = train_step(state, global_batch(data.train, idx, bsh))
+            state, metrics = train_step(state, feed.get(step))
             step += 1
             steps_since += 1
             bar.update(1)
@@ -151,6 +152,7 @@ def train(cfg: Config) -> dict[str, Any]:
     bar.close()
     ckpt.wait()
     result["final_step"] = step
+    result["tokens"] = progress.get("tokens", 0)  # real target tokens trained on, over the whole run
     result["params_digest"] = params_digest(state.params)
     if data.test is not None:
         best = ckpt.restore_best(abstract) if ckpt.best_k else None
