@@ -75,10 +75,10 @@ def test_rerun_keeps_finished_shards_and_an_interrupted_run_leaves_none_that_loo
     want = _stream(ref)
     before = _files_state(ref)
 
-    def no_tokenizing(tok):
+    def no_tokenizing(*args):
         raise AssertionError("a finished store was tokenized again")
     with monkeypatch.context() as m:
-        m.setattr(prep, "make_encoder", no_tokenizing)
+        m.setattr(prep, "_tokenize_shard", no_tokenizing)
         _prepare(ref, files, gpt2)
     assert _files_state(ref) == before, "a rerun on a finished store rewrites nothing"
 
@@ -101,21 +101,22 @@ def test_rerun_keeps_finished_shards_and_an_interrupted_run_leaves_none_that_loo
         shards.open_store(store)
     kept = {n: v for n, v in _files_state(store).items() if n.startswith(("shard-00000", "shard-00001"))}
 
-    encoded = []
-    real_encoder = prep.make_encoder
+    written = []
+    real_write = shards.write_shard
 
-    def counting(tok):
-        enc = real_encoder(tok)
-        return lambda texts: encoded.append(len(texts)) or enc(texts)
-    monkeypatch.setattr(prep, "make_encoder", counting)
+    def recording(store, i, *args):
+        written.append(i)
+        return real_write(store, i, *args)
+    monkeypatch.setattr(shards, "write_shard", recording)
     _prepare(store, files, gpt2)
-    assert encoded, "the unfinished shards were tokenized"
+    assert written == list(range(2, len(json.loads((ref / "index.json").read_text())["shards"]))), \
+        "the rerun tokenizes the unfinished shards only"
     assert {n: v for n, v in _files_state(store).items() if n in kept} == kept, "finished shards kept as they were"
     assert not list(store.glob("*.tmp.*")), "the interrupted writer's temporary file is cleaned up"
     assert _stream(store) == want
 
 
-def test_a_truncated_shard_is_named_and_rebuilt_alone(tmp_path, shared_data, gpt2):
+def test_a_truncated_shard_is_named_and_rebuilt_alone(tmp_path, shared_data, gpt2, monkeypatch):
     files = [shared_data / "shakespeare" / w for w in WORKS]
     store = tmp_path / "store"
     _prepare(store, files, gpt2)
@@ -125,7 +126,11 @@ def test_a_truncated_shard_is_named_and_rebuilt_alone(tmp_path, shared_data, gpt
     with pytest.raises(DataError, match=r"shard-00001\.tokens: .*truncated"):
         shards.open_store(store)
     others = {n: v for n, v in _files_state(store).items() if not n.startswith("shard-00001") and n != "index.json"}
+    written = []
+    real_write = shards.write_shard
+    monkeypatch.setattr(shards, "write_shard", lambda store, i, *a: written.append(i) or real_write(store, i, *a))
     _prepare(store, files, gpt2)
+    assert written == [1]
     assert {n: v for n, v in _files_state(store).items() if n in others} == others
     assert _stream(store) == want
 
@@ -149,7 +154,7 @@ def test_an_index_that_disagrees_with_its_shards_is_named(tmp_path, shared_data,
     (store / "index.json").write_text("{not json")
     with pytest.raises(DataError, match=r"index\.json: unreadable index"):
         shards.open_store(store)
-    _prepare(store, files, gpt2)  # the index is derived data: prepare writes it again from the shards
+    _prepare(store, files, gpt2, shard_bytes=1000)  # the index is derived data: written again from the shards
     assert json.loads((store / "index.json").read_text()) == json.loads(good)
 
 
@@ -191,7 +196,7 @@ def test_a_file_that_is_not_utf8_is_named_with_its_line_and_finished_shards_are_
     store = tmp_path / "prepared"
     tok_dir = shared_data / "gpt2-tokenizer"
     args = ["prepare", str(Path(__file__).resolve().parents[1] / "configs/lm_tiny.yaml"), "data.kind=tokens",
-            f"data.root={tmp_path / 'data'}", "data.train=[*.txt]", "data.valid=[]", f"data.prepared={store}",
+            f"data.root={tmp_path / 'data'}", "data.train=[\"*.txt\"]", "data.valid=[]", f"data.prepared={store}",
             f"data.tokenizer={tok_dir}"]
     monkeypatch.setattr(prep, "SHARD_BYTES", 1)  # one shard per file: the bad file's is the last
     assert cli.main(args) == 2

@@ -7,6 +7,7 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -18,6 +19,7 @@ import optax
 from tqdm.auto import tqdm
 
 from scaling_jax import ops
+from scaling_jax.commands import bench_data
 from scaling_jax.ops import xla, xla_cpu
 from scaling_jax.flops import train_flops_per_token
 from scaling_jax.hostmem import cpu_info, keep_host_buffers
@@ -291,11 +293,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="also compare 2- vs 12-layer compile time")
     p.add_argument("--scan", action="store_true", help="also the float32 step with layers under lax.scan")
     p.add_argument("--fit", action="store_true", help="also the scaling-law fit: JAX grid vs scipy")
+    p.add_argument("--data", action="store_true",
+                   help="only the token pipeline: prepare vs today's path, the loader's tokens/s (ours, Grain), "
+                        "and the trainer's peak RSS on the 5 MB corpus and on --big-corpus")
+    p.add_argument("--big-corpus", default="", help="--data: a directory of .txt files (or a glob), e.g. the "
+                   "output of scripts/make_big_corpus.py")
+    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "scaling_jax_bench_data"),
+                   help="--data: where the prepared corpora and runs go (a prepared corpus is reused)")
+    p.add_argument("--fresh", action="store_true", help="--data: prepare the corpora again even if done")
+    p.add_argument("--rounds", type=int, default=3, help="--data: alternating rounds of prepare vs today's path")
+    p.add_argument("--threads", type=int, default=2, help="--data: RAYON_NUM_THREADS for prepare (if unset)")
+    p.add_argument("--train-steps", type=int, default=40, help="--data: steps of each lm_tiny training")
+    p.add_argument("--loader-steps", type=int, default=2000, help="--data: batches the loader delivers")
     p.add_argument("--kernels", action="store_true",
                    help="also the step under model.kernels=xla and xla_cpu with each CPU trick removed, "
                         "with each one's speed relative to xla_cpu (auto on CPU)")
     args = p.parse_args(argv)
     keep_host_buffers()  # before the first computation, for the whole process: torch's allocations get it too
+    if args.data:
+        _print_rows(bench_data.run(args), args.json)
+        return 0
     rows: list[dict] = []
     device = jax.devices()[0]
     named = next((v for k, v in NAMED_PEAKS.items() if k.lower() in device.device_kind.lower()), None)
@@ -337,13 +354,17 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"tokens_per_s": None, "step_ms": None, "mfu": None, **r})
     rows.append({"name": "peak_rss", "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                  "tokens_per_s": None, "step_ms": None, "mfu": None})
+    _print_rows(rows, args.json)
+    return 0
+
+
+def _print_rows(rows: list[dict], as_json: bool) -> None:
     for r in rows:
-        if args.json:
+        if as_json:
             print(json.dumps(r), flush=True)
         else:
             print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
                             if v is not None), flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -9,10 +9,9 @@ import os
 from pathlib import Path
 
 from scaling_jax.config import Config, expand_path
-from scaling_jax.data import shards
+from scaling_jax.data import prepare, shards
 from scaling_jax.data.dataset import Data
 from scaling_jax.data.files import data_root, exclude, resolve_files
-from scaling_jax.data.prepare import PIECE_BYTES, prepare_store, text_splitting
 from scaling_jax.data.sources import Source, datasets_source, file_source
 from scaling_jax.data.tokenizer import tokenizer_identity
 from scaling_jax.data.tokens import TokenWindows, document_cut
@@ -52,7 +51,7 @@ def split_sources(cfg: Config, tokenizer, progress: bool = False) -> dict[str, S
         for ours, names in DATASETS_SPLITS.items():
             hit = next((n for n in names if n in ds), None)
             if hit is not None:
-                out[ours] = datasets_source(ds[hit], d.source, hit, d.text_field, PIECE_BYTES)
+                out[ours] = datasets_source(ds[hit], d.source, hit, d.text_field, prepare.PIECE_BYTES)
         if "train" not in out:
             raise DataError(f"data.source: {d.source!r} has no train split (splits: {', '.join(ds)})")
         return out
@@ -63,8 +62,8 @@ def split_sources(cfg: Config, tokenizer, progress: bool = False) -> dict[str, S
     files["train"] = exclude(files["train"], [*files.get("valid", []), *files.get("test", [])])
     if not files["train"]:
         raise ConfigError("data.train: every training file is also held out in data.valid / data.test")
-    split_text = text_splitting(tokenizer)
-    return {s: file_source(f, d.text_field, PIECE_BYTES, split_text, progress) for s, f in files.items()}
+    split_text = prepare.text_splitting(tokenizer)
+    return {s: file_source(f, d.text_field, prepare.PIECE_BYTES, split_text, progress) for s, f in files.items()}
 
 
 def store_dir(cfg: Config, split: str, source: Source | None, tokenizer) -> Path:
@@ -87,8 +86,8 @@ def prepare_corpus(cfg: Config, tokenizer, progress: bool = True) -> dict[str, P
     out = {}
     for split, source in split_sources(cfg, tokenizer, progress).items():
         path = store_dir(cfg, split, source, tokenizer)
-        prepare_store(path, source, tokenizer, text_field=cfg.data.text_field, desc=f"prepare {split}",
-                      progress=progress)
+        prepare.prepare_store(path, source, tokenizer, text_field=cfg.data.text_field, desc=f"prepare {split}",
+                              progress=progress)
         out[split] = path
     return out
 

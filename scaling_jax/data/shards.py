@@ -147,6 +147,8 @@ class TokenStore:
     def read(self, start: int, stop: int) -> np.ndarray:
         if not 0 <= start <= stop <= self.n_tokens:
             raise IndexError(f"tokens [{start}, {stop}) outside the store's {self.n_tokens}")
+        if start == stop:
+            return np.zeros((0,), np.int32)
         first = int(np.searchsorted(self.starts, start, side="right")) - 1
         if stop <= self.starts[first + 1]:  # one shard: the common case
             s = int(self.starts[first])
