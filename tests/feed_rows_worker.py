@@ -1,14 +1,13 @@
 """`scaling-jax train CONFIG key=value ...` that also records, per step, which rows of the global
-batch this process read and which examples they held (for tests/test_tokens_e2e.py; run under
+batch this process read and which examples they held (tests/test_multihost_e2e.py runs it under
 launch/local.sh through SCALING_JAX_CMD). Writes $ROWS_LOG.<process index>.json."""
 import json
 import os
 import sys
 from pathlib import Path
 
-from scaling_jax.config import load_config
+from scaling_jax import cli
 from scaling_jax.train import feed
-from scaling_jax.train.loop import train
 
 log = []
 _read = feed.BatchFeed.read
@@ -22,7 +21,8 @@ def read(self, step):
 
 
 feed.BatchFeed.read = read
-train(load_config(sys.argv[1], sys.argv[2:]))
-import jax  # noqa: E402  (after train: jax.distributed was initialized there)
+status = cli.main(["train", *sys.argv[1:]])
+import jax  # noqa: E402  (after training: jax.distributed was initialized there)
 
 Path(f"{os.environ['ROWS_LOG']}.{jax.process_index()}.json").write_text(json.dumps(log))
+sys.exit(status)

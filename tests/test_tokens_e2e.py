@@ -1,6 +1,6 @@
-"""Training on a prepared corpus (data.kind=tokens) end to end: kill -9 twice, rerun, every logged
-loss equal to an uninterrupted run's; 2 processes under launch/local.sh read disjoint rows whose
-union is the global batch, with the losses of 1 process on the same devices."""
+"""Training on a prepared corpus (data.kind=tokens) end to end: `scaling-jax prepare`, kill -9
+twice, rerun, every logged loss equal to an uninterrupted run's. (Two processes reading disjoint
+rows: tests/test_multihost_e2e.py.)"""
 import json
 import os
 import random
@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from scaling_jax.metrics_log import read_metrics
@@ -78,32 +77,3 @@ def test_kill_9_twice_on_a_prepared_corpus_then_resume_logs_the_same_losses(tmp_
     b = json.loads((run_dir / "result.json").read_text())
     assert a["params_digest"] == b["params_digest"]
     assert a["tokens"] == b["tokens"] == 16 * 8 * 31  # targets trained on, counted across the kills
-
-
-@pytest.mark.slow
-def test_two_processes_read_disjoint_rows_whose_union_is_the_global_batch(tmp_path, shared_data):
-    overrides = [*_prepared(tmp_path), "train.steps=6", "checkpoint.every=6", "train.eval_every=6",
-                 "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
-    worker = f"{sys.executable} {REPO / 'tests/feed_rows_worker.py'}"
-    two, one = tmp_path / "two", tmp_path / "one"
-    proc = subprocess.run(["bash", str(REPO / "launch/local.sh"), "2", CONFIG, f"run.dir={two}", *overrides],
-                          env=_env(SCALING_JAX_CMD=worker, ROWS_LOG=str(tmp_path / "rows_two")),
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    subprocess.run([sys.executable, str(REPO / "tests/feed_rows_worker.py"), CONFIG, f"run.dir={one}", *overrides],
-                   env=_env(ROWS_LOG=str(tmp_path / "rows_one")), check=True, capture_output=True, timeout=900)
-    logs = [json.loads((tmp_path / f"rows_two.{p}.json").read_text()) for p in (0, 1)]
-    single = {r["step"]: r for r in json.loads((tmp_path / "rows_one.0.json").read_text())}
-    assert sorted(single) == list(range(6)) and single[0]["rows"] == list(range(8))
-    for p in (0, 1):
-        assert [r["step"] for r in logs[p]] == list(range(6))
-    for step in range(6):
-        a, b = logs[0][step], logs[1][step]
-        assert len(a["rows"]) == len(b["rows"]) == 4 and not set(a["rows"]) & set(b["rows"])
-        got = dict(zip(a["rows"] + b["rows"], a["examples"] + b["examples"]))
-        assert [got[r] for r in range(8)] == single[step]["examples"]  # the union is the global batch
-        tokens = dict(zip(a["rows"] + b["rows"], a["first_tokens"] + b["first_tokens"]))
-        assert [tokens[r] for r in range(8)] == single[step]["first_tokens"]
-    x, y = _losses(two), _losses(one)
-    assert [s for s, _ in x] == [s for s, _ in y] == list(range(1, 7))
-    np.testing.assert_allclose([l for _, l in x], [l for _, l in y], atol=1e-5, rtol=0)
