@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 SHARD_BYTES = 64 << 20  # source bytes per shard: a rerun redoes at most this much
 PIECE_BYTES = 1 << 20  # source bytes per piece: the unit the cores share
-BATCH_BYTES = 8 << 20  # source bytes per encode_batch call (bounds the encodings in memory)
+# Source bytes per encode_batch call: two pieces per core keep every core busy; the call's
+# encodings (ids, offsets, token strings: ~100 bytes per token) are what prepare holds in memory.
+BATCH_BYTES = PIECE_BYTES * max(4, 2 * (os.cpu_count() or 1))
 
 
 @contextlib.contextmanager
