@@ -1,4 +1,4 @@
-"""The `scaling-jax` command: train, eval, predict, export, sweep, fit, bench, fetch.
+"""The `scaling-jax` command: train, eval, predict, export, sweep, fit, bench, fetch, prepare.
 
 Each verb imports its module when it runs, so `scaling-jax --help` and a bad argument answer
 without loading jax, flax or transformers."""
@@ -67,6 +67,12 @@ def _sweep(args) -> int:
     return 0
 
 
+def _prepare(args) -> int:
+    from scaling_jax.config import load_config
+    from scaling_jax.commands.prepare import prepare_main
+    return prepare_main(load_config(args.config, args.overrides))
+
+
 def _fit(args) -> int:
     from scaling_jax.scaling import fit_cli
     return fit_cli.main(args.rest)
@@ -102,6 +108,8 @@ def make_parser() -> argparse.ArgumentParser:
     with_config("train", "Train into run.dir (resumes from its latest good checkpoint).", _train)
     with_config("eval", "Evaluate a run's best (else latest) checkpoint on its valid and test splits.", _eval)
     with_config("sweep", "Train a size family and fit scaling laws (results.csv, fit.json, plots).", _sweep)
+    with_config("prepare", "Tokenize the config's corpus once into memory-mapped shards with an index "
+                "(data.prepared, or the token cache for lm_text); a rerun keeps finished shards.", _prepare)
     s = sub.add_parser("predict", help="Predict on text lines (--text or stdin); JSON lines out.",
                        description="Predict with a run directory or a Hugging Face model directory.")
     s.add_argument("model_dir", help="a run directory (config.yaml + checkpoints), an HF model directory or an "

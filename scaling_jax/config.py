@@ -49,7 +49,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    kind: str = "lm_text"  # lm_text | conll | classification
+    kind: str = "lm_text"  # lm_text (text files, prepared into the token cache on first use) | tokens | conll | classification
     root: str = "${SCALING_JAX_DATA:-../shared/data}"
     train: tuple[str, ...] = ()  # files or globs, relative to root unless absolute
     valid: tuple[str, ...] = ()
@@ -63,6 +63,11 @@ class DataConfig:
     eval_buckets: int = 4  # eval / predict in this many static lengths up to seq_len (1 = pad to seq_len)
     text_field: str = "text"
     label_field: str = "label"
+    # Token corpora (`scaling-jax prepare`): the prepared directory (one store per split; lm_text's
+    # default "" = the token cache), a `datasets` source instead of files, whole documents held out.
+    prepared: str = ""  # data.kind=tokens reads it; `prepare` writes it
+    source: str = ""  # a `datasets` name, data folder or saved dataset; "" = the data.train/valid/test files
+    valid_documents: int = 0  # validate on the train split's last N documents (0 = the valid split)
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,7 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.remat_policy": ("", *REMAT_POLICIES),
     "model.kernels": KERNELS,
-    "data.kind": ("lm_text", "conll", "classification"),
+    "data.kind": ("lm_text", "tokens", "conll", "classification"),
     "train.early_stopping_mode": ("max", "min"),
     "train.nan_policy": ("stop", "skip"),
     "optim.name": ("adamw", "sgd"),
@@ -374,6 +379,10 @@ def validate(cfg: Config) -> None:
         if cfg.data.seq_len > m.max_len:
             raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_len={m.max_len} (the "
                               f"model's position table); lower data.seq_len or raise model.max_len")
+    if cfg.data.kind == "tokens" and not cfg.data.prepared:
+        raise ConfigError("data.prepared: data.kind=tokens reads a prepared directory (`scaling-jax prepare`); name it")
+    if cfg.data.valid_documents < 0:
+        raise ConfigError(f"data.valid_documents: must be 0 or more, got {cfg.data.valid_documents}")
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

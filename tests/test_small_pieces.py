@@ -133,27 +133,30 @@ def test_cli_shows_project_errors_as_one_line_and_keeps_tracebacks_for_bugs(monk
 
 
 def test_token_cache_keys_on_the_tokenizers_merges_not_its_size(tmp_path, monkeypatch):
-    """Two BPEs of the same vocabulary size trained on different text: each must get its own ids
-    from the token cache (a key of class name + size handed one the other's)."""
+    """Two BPEs of the same vocabulary size with other merges: each must get its own ids from the
+    token cache (a key of class name + size handed one the other's)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from scaling_jax.data.lm_text import tokenize_files
+    from scaling_jax.config import config_from_dict
+    from scaling_jax.data.corpus import load_lm
     from scaling_jax.data.tokenizer import tokenizer_identity
 
-    def bpe(merge):  # same vocabulary size, one different merge
-        vocab = {"[UNK]": 0, "</s>": 1, "a": 2, "b": 3, "c": 4, " ": 5, "".join(merge): 6}
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=[merge], unk_token="[UNK]"))
-        tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="isolated")
+    def bpe(pair):  # five tokens each: [UNK], </s>, a, b and the one merge of `pair`
+        vocab = {"[UNK]": 0, "</s>": 1, "a": 2, "b": 3, "".join(pair): 4}
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=[pair], unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
         return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="[UNK]")
 
-    a, b = bpe(("a", "b")), bpe(("b", "c"))
+    a, b = bpe(("a", "b")), bpe(("b", "a"))
     assert len(a) == len(b) and tokenizer_identity(a) != tokenizer_identity(b)
     monkeypatch.setenv("SCALING_JAX_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "c.txt"
-    corpus.write_text("abc cab bca " * 10)
-    ids_a, ids_b = tokenize_files([corpus], a), tokenize_files([corpus], b)
-    assert ids_a.tolist() == a(corpus.read_text(), add_special_tokens=False)["input_ids"] + [a.eos_token_id]
-    assert ids_b.tolist() == b(corpus.read_text(), add_special_tokens=False)["input_ids"] + [b.eos_token_id]
-    assert ids_a.tolist() != ids_b.tolist()
-    assert len(list((tmp_path / "cache" / "tokens").glob("*.npy"))) == 2
+    corpus.write_text("abab aabb baab bbba " * 10)
+    cfg = config_from_dict({"data": {"kind": "lm_text", "root": str(tmp_path), "train": ["c.txt"], "seq_len": 4}})
+    store_a, store_b = load_lm(cfg, a).train.store, load_lm(cfg, b).train.store
+    ids_a, ids_b = (s.read(0, s.n_tokens).tolist() for s in (store_a, store_b))
+    assert ids_a == a(corpus.read_text(), add_special_tokens=False)["input_ids"] + [a.eos_token_id]
+    assert ids_b == b(corpus.read_text(), add_special_tokens=False)["input_ids"] + [b.eos_token_id]
+    assert ids_a != ids_b
+    assert len(list((tmp_path / "cache" / "tokens").glob("*/index.json"))) == 2

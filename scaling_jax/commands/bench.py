@@ -22,6 +22,7 @@ from scaling_jax import ops
 from scaling_jax.commands import finetune_bench
 from scaling_jax.checkpoint import Checkpointer
 from scaling_jax.checksum import tree_checksums
+from scaling_jax.commands import bench_data
 from scaling_jax.ops import xla, xla_cpu
 from scaling_jax.flops import train_flops_per_token
 from scaling_jax.hostmem import cpu_info, keep_host_buffers
@@ -389,6 +390,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune", action="store_true",
                    help="only the time-to-F1 benchmark: configs/ner.yaml against transformers' PyTorch recipe")
     p.add_argument("--checkpoint", action="store_true", help="also the checksum pass vs a checkpoint save")
+    p.add_argument("--data", action="store_true",
+                   help="only the token pipeline: prepare vs today's path, the loader's tokens/s (ours, Grain), "
+                        "and the trainer's peak RSS on the 5 MB corpus and on --big-corpus")
+    p.add_argument("--big-corpus", default="", help="--data: a directory of .txt files (or a glob), e.g. the "
+                   "output of scripts/make_big_corpus.py")
+    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "scaling_jax_bench_data"),
+                   help="--data: where the prepared corpora and runs go (a prepared corpus is reused)")
+    p.add_argument("--fresh", action="store_true", help="--data: prepare the corpora again even if done")
+    p.add_argument("--rounds", type=int, default=3, help="--data: alternating rounds of prepare vs today's path")
+    p.add_argument("--threads", type=int, default=2, help="--data: RAYON_NUM_THREADS for prepare (if unset)")
+    p.add_argument("--train-steps", type=int, default=40, help="--data: steps of each lm_tiny training")
+    p.add_argument("--loader-steps", type=int, default=2000, help="--data: batches the loader delivers")
     p.add_argument("--kernels", action="store_true",
                    help="also the step under model.kernels=xla and xla_cpu with each CPU trick removed, "
                         "with each one's speed relative to xla_cpu (auto on CPU)")
@@ -401,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.finetune:
         return _print_rows(finetune_bench.run(), args.json)
     keep_host_buffers()  # before the first computation, for the whole process: torch's allocations get it too
+    if args.data:
+        return _print_rows(bench_data.run(args), args.json)
     if args.generate:
         return _print_rows(bench_generate(args.generate_model, rounds=args.generate_rounds), args.json)
     rows: list[dict] = []

@@ -56,7 +56,10 @@ def _row(member, result: dict) -> dict[str, Any]:
     if gpt2_params(m.vocab_size, m.max_len, m.d_model, m.n_layers, m.d_ff or None) != summary["params_total"]:
         raise RuntimeError(f"{member.run.name}: the model has {summary['params_total']} params, the "
                            f"family formula says otherwise")
-    tokens = member.train.steps * member.data.batch_size * seq
+    # D = the tokens actually trained on: real (non-padding) target tokens of the steps that updated
+    # the model, as the train step counts them (`train/tokens`); a full causal-LM window of L tokens
+    # has L - 1 targets. An older result.json without the count falls back to what the steps planned.
+    tokens = result.get("tokens") or member.train.steps * member.data.batch_size * (seq - 1)
     flops = gpt2_flops_per_token(m.vocab_size, m.d_model, m.n_layers, seq, m.d_ff or None) * tokens
     return {"name": member.run.name, "d_model": m.d_model, "n_layers": m.n_layers, "n_heads": m.n_heads,
             "params": params, "params_total": summary["params_total"], "tokens": tokens, "flops": flops,

@@ -66,6 +66,24 @@ class ArrayDataset:
             yield idx, batch
 
 
+def eval_batches(ds, batch_size: int, max_batches: int = 0) -> Iterator[tuple[np.ndarray, dict]]:
+    """In-order batches of any dataset with `take` and `len`, padded to `batch_size` with empty
+    rows (attention 0, labels -100), so shapes never change and every real example is seen once.
+    Yields (indices, batch)."""
+    n = len(ds)
+    count = 0
+    for start in range(0, n, batch_size):
+        if max_batches and count >= max_batches:
+            return
+        idx = np.arange(start, min(start + batch_size, n))
+        batch = ds.take(idx)
+        pad = batch_size - len(idx)
+        if pad:
+            batch = {k: np.concatenate([v, _empty_rows(k, v, pad)]) for k, v in batch.items()}
+        count += 1
+        yield idx, batch
+
+
 def bucket_lengths(width: int, buckets: int, multiple_of: int = 8) -> list[int]:
     """`buckets` evenly spaced lengths up to `width`, multiples of `multiple_of` (the last is `width`)."""
     out = sorted({min(width, -(-(width * (i + 1) // buckets) // multiple_of) * multiple_of) for i in range(buckets)})

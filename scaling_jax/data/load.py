@@ -1,39 +1,22 @@
-"""A config's data: the reader for `data.kind`, applied to the train / valid / test files."""
+"""A config's data: the reader for `data.kind`, applied to the train / valid / test files or corpus."""
 from __future__ import annotations
 
 from scaling_jax.config import Config, packs
 from scaling_jax.data.classification import load_classification
+from scaling_jax.data.corpus import load_lm
 from scaling_jax.data.dataset import Data
-from scaling_jax.data.files import data_root, exclude, resolve_files
-from scaling_jax.data.lm_text import tokenize_files, windows
+from scaling_jax.data.files import data_root
 from scaling_jax.data.ner import load_ner
 from scaling_jax.data.packing import segments_from_eos
 from scaling_jax.errors import ConfigError
 
 
 def load_data(cfg: Config, tokenizer) -> Data:
+    if cfg.data.kind in ("lm_text", "tokens"):  # one reading path: prepared token stores
+        return load_lm(cfg, tokenizer)
     root = data_root(cfg)
     if not cfg.data.train:
         raise ConfigError("data.train: no training files given")
-    if cfg.data.kind == "lm_text":
-        held_out = [*resolve_files(cfg.data.valid, root, "data.valid"),
-                    *resolve_files(cfg.data.test, root, "data.test")]
-        train_files = exclude(resolve_files(cfg.data.train, root, "data.train"), held_out)
-        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-        documents = packs(cfg) and eos is not None  # no attention across the documents inside a window
-
-        def split(files):
-            ds = windows(tokenize_files(files, tokenizer), cfg.data.seq_len)
-            if documents:
-                ds.arrays["segment_ids"], ds.arrays["positions"] = segments_from_eos(ds.arrays["input_ids"], eos)
-            return ds
-
-        train = split(train_files)
-        held = {name: split(resolve_files(getattr(cfg.data, name), root, f"data.{name}"))
-                if getattr(cfg.data, name) else None for name in ("valid", "test")}
-        notes = {"train_files": len(train_files), "train_tokens": int(train.arrays["input_ids"].size),
-                 "document_masking": documents}
-        return Data(train, held["valid"], held["test"], notes=notes)
     if cfg.data.kind == "conll":
         return load_ner(cfg, tokenizer, root)
     if cfg.data.kind == "classification":

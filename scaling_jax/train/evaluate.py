@@ -22,7 +22,7 @@ def predict_split(eval_step: Callable, params: Any, ds: ArrayDataset, batch_size
     outs = []
     for idx, batch in ds.eval_batches(batch_size, max_batches, buckets):
         outs.append((idx, eval_step(params, place_batch(batch, sharding))))  # dispatch all, then read
-    width = ds.arrays["input_ids"].shape[1]
+    width = ds.seq_len if hasattr(ds, "seq_len") else ds.arrays["input_ids"].shape[1]
     preds: np.ndarray | None = None
     for idx, out in outs:
         out = jax.device_get(out)

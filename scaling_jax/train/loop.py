@@ -15,13 +15,12 @@ from tqdm.auto import tqdm
 
 from scaling_jax import distributed
 from scaling_jax.config import Config, config_text, to_dict
-from scaling_jax.data.sampler import batch_indices
 from scaling_jax.errors import (CheckpointMismatchError, ConfigError, NonFiniteLossError, RunDirLockedError,
                                 ScalingJaxError)
 from scaling_jax.metrics_log import MetricsWriter
 from scaling_jax.preemption import EXIT_PREEMPTED, PreemptionGuard
 from scaling_jax.rundir import RunDirLock, write_text_atomic
-from scaling_jax.train.batches import global_batch
+from scaling_jax.train.feed import BatchFeed
 from scaling_jax.train.evaluate import evaluate
 from scaling_jax.train.freeze import report_lines
 from scaling_jax.train.session import make_checkpointer, open_session
@@ -84,7 +83,7 @@ def _train(cfg: Config, main: bool) -> dict[str, Any]:
               f"{summary['params_trainable']:,} trainable, optimizer state "
               f"{summary['opt_state_bytes'] / 2**20:.1f} MiB, mesh {summary['mesh']}, "
               f"{len(session.data.train):,} train "
-              f"{'rows (packed)' if 'segment_ids' in session.data.train.arrays else 'examples'}", flush=True)
+              f"{'rows (packed)' if 'segment_ids' in getattr(session.data.train, 'arrays', {}) else 'examples'}", flush=True)
         if session.trainable.report:
             for line in report_lines(session.trainable.report):
                 print(f"[scaling_jax]   {line}", flush=True)
@@ -137,7 +136,7 @@ def _fit(cfg: Config, main: bool, session, summary: dict, ckpt, writer: MetricsW
     train_step, eval_step = session.train_step, session.eval_step
     abstract = session.abstract_state
     evaluate_valid = lambda st: evaluate(eval_step, st.params, data.valid, cfg, data, bsh)
-    progress = {"best": None, "bad_evals": 0, "stopped_early": False}
+    progress = {"best": None, "bad_evals": 0, "stopped_early": False, "tokens": 0}
     if restored is not None:
         step0, state, extra = restored
         progress.update(extra.get("progress", {}))
@@ -177,6 +176,8 @@ def _fit(cfg: Config, main: bool, session, summary: dict, ckpt, writer: MetricsW
         else:
             skips["run"] = 0
         result["train_loss"] = m["train/loss"]
+        if m["train/finite"]:  # targets trained on (a step skipped by nan_policy=skip trains on none)
+            progress["tokens"] = progress.get("tokens", 0) + int(m["train/tokens"])
         return m
 
     def log_train(step: int, m: dict) -> None:
@@ -193,11 +194,11 @@ def _fit(cfg: Config, main: bool, session, summary: dict, ckpt, writer: MetricsW
                                      "finite": bool(m["train/finite"])})
         bar.set_postfix(loss=f"{m['train/loss']:.4f}", tok_s=f"{tps:,.0f}")
 
-    with PreemptionGuard() as guard:
+    feed = BatchFeed(data.train, cfg.data.batch_size, cfg.train.seed, bsh, step0, cfg.train.steps)
+    with PreemptionGuard() as guard, feed:
         step = step0
         while step < cfg.train.steps and not progress["stopped_early"]:
-            idx = batch_indices(step, cfg.data.batch_size, len(data.train), cfg.train.seed)
-            state, metrics = train_step(state, global_batch(data.train, idx, bsh))
+            state, metrics = train_step(state, feed.get(step))
             step += 1
             bar.update(1)
             if pending is not None:  # read step-1's metrics only after step is dispatched
@@ -242,6 +243,7 @@ def _fit(cfg: Config, main: bool, session, summary: dict, ckpt, writer: MetricsW
                     skips["total"], step - step0)
     result["skipped_steps"] = skips["total"]
     result["final_step"] = step
+    result["tokens"] = progress.get("tokens", 0)  # real target tokens trained on, over the whole run
     result["params_digest"] = params_digest(state.params)
     if data.test is not None:
         best = ckpt.restore_best(abstract) if ckpt.best_k else None
