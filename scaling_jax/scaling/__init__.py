@@ -2,6 +2,8 @@
 from scaling_jax.scaling.bootstrap import bootstrap_law, percentile_interval, resample_indices
 from scaling_jax.scaling.chinchilla import (CHINCHILLA, chinchilla_grid, chinchilla_grids,
                                             chinchilla_loss, fit_chinchilla)
+from scaling_jax.scaling.data_constrained import (DATA_CONSTRAINED, data_constrained_loss, effective_sizes,
+                                                  fit_data_constrained)
 from scaling_jax.flops import train_flops_per_token
 from scaling_jax.scaling.family import (gpt2_family, gpt2_flops_per_token, gpt2_matmul_params, gpt2_member,
                                         gpt2_params, width_for_params)
@@ -15,9 +17,10 @@ from scaling_jax.scaling.results import read_results, write_results
 from scaling_jax.scaling.validate import check_points
 
 __all__ = [
-    "CHINCHILLA", "HUBER_DELTA", "KAPLAN_D", "KAPLAN_N", "Law", "POWER_D", "POWER_N",
+    "CHINCHILLA", "DATA_CONSTRAINED", "HUBER_DELTA", "KAPLAN_D", "KAPLAN_N", "Law", "POWER_D", "POWER_N",
     "bootstrap_law", "check_points", "chinchilla_grid", "chinchilla_grids", "chinchilla_loss",
-    "chinchilla_optimal", "chinchilla_optimal_ci", "fit_chinchilla", "fit_isoflop", "fit_kaplan",
+    "chinchilla_optimal", "chinchilla_optimal_ci", "data_constrained_loss", "effective_sizes",
+    "fit_chinchilla", "fit_data_constrained", "fit_isoflop", "fit_kaplan",
     "fit_law", "fit_parabola", "fit_power_law", "gpt2_family", "gpt2_flops_per_token", "gpt2_matmul_params",
     "gpt2_member",
     "gpt2_params", "group_budgets", "isoflop_optimal", "percentile_interval", "read_results",
