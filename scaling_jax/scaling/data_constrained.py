@@ -109,7 +109,7 @@ DATA_CONSTRAINED = Law(
 
 
 def fit_data_constrained(params, tokens, unique_tokens, loss, *, grid=None, n_boot: int = 0, seed: int = 0,
-                         level: float = 0.95) -> dict:
+                         level: float = 0.95, boot_method: str = "pairs") -> dict:
     """Fits E, A, B, alpha, beta, R_D*, R_N* jointly to runs (N, D, U_D, loss) by the approach-3
     objective (Huber on log loss, multi-start L-BFGS: fitting.fit_law). R_D* and R_N* are only
     identified by runs that repeat data (D > U_D) and that exceed U_N (N > U_N); points without
@@ -119,7 +119,7 @@ def fit_data_constrained(params, tokens, unique_tokens, loss, *, grid=None, n_bo
     if np.any(u > np.asarray(tokens, float)):
         raise ValueError("unique_tokens must not exceed tokens (U_D <= D)")
     return fit_law(DATA_CONSTRAINED, (params, tokens, unique_tokens), loss, grid=grid, n_boot=n_boot,
-                   seed=seed, level=level)
+                   seed=seed, level=level, boot_method=boot_method)
 
 
 __all__ = ["DATA_CONSTRAINED", "MUENNIGHOFF_2023", "data_constrained_grid", "data_constrained_loss",
