@@ -11,6 +11,7 @@ from scaling_jax.errors import ConfigError
 from scaling_jax.models.hf_config import check_heads, config_from_hf_dict, config_to_hf_dict
 from scaling_jax.models.layers import (Dropout, Dtype, KernelsName, attend, dense, embed, layer_norm, positions,
                                        run_layers, tied_logits)
+from scaling_jax.models.parametrization import SP, Parametrization
 from scaling_jax.ops import activation
 from scaling_jax.ops.masks import causal_mask, combine, padding_mask, segment_mask
 
@@ -92,24 +93,26 @@ class GPT2Attention(nn.Module):
     layer_idx: int
     dtype: Dtype = jnp.float32
     kernels: KernelsName = "auto"
+    parametrization: Parametrization = SP
 
     @nn.compact
     def __call__(self, x_BxLxD, mask_Bx1xLxL, train: bool):
-        c = self.config
+        c, p = self.config, self.parametrization
         # HF keeps q/k/v fused in one Conv1D `c_attn`; separate Dense layers give each its own
         # ("embed", "heads") kernel for tensor parallelism, and hf.py splits/fuses on load/save.
-        proj = lambda name: dense(c.n_embd, ("embed", "heads"), std=c.initializer_range, dtype=self.dtype,
+        std = p.hidden_std(c.initializer_range, c.n_embd)
+        proj = lambda name: dense(c.n_embd, ("embed", "heads"), std=std, dtype=self.dtype,
                                   kernels=self.kernels, name=name)(x_BxLxD)
         q_BxLxD, k_BxLxD, v_BxLxD = proj("query"), proj("key"), proj("value")
-        scale = 1.0 / math.sqrt(c.head_dim) if c.scale_attn_weights else 1.0
+        scale = p.attention_scale(c.head_dim) if c.scale_attn_weights else 1.0
         if c.scale_attn_by_inverse_layer_idx:
             scale /= float(self.layer_idx + 1)
         rng = self.make_rng("dropout") if train and c.attn_pdrop > 0 else None
         a_BxLxD = attend(q_BxLxD, k_BxLxD, v_BxLxD, mask_Bx1xLxL, num_heads=c.n_head, scale=scale,
                          dropout_rate=c.attn_pdrop, dropout_rng=rng, kernels=self.kernels)
         # GPT-2's scaled init of residual projections: std / sqrt(2 * n_layer).
-        out_BxLxD = dense(c.n_embd, ("heads", "embed"), std=c.initializer_range / math.sqrt(2 * c.n_layer),
-                          dtype=self.dtype, kernels=self.kernels, name="c_proj")(a_BxLxD)
+        out_BxLxD = dense(c.n_embd, ("heads", "embed"), std=p.hidden_std(c.initializer_range, c.n_embd)
+                          / math.sqrt(2 * c.n_layer), dtype=self.dtype, kernels=self.kernels, name="c_proj")(a_BxLxD)
         return Dropout(c.resid_pdrop, self.kernels)(out_BxLxD, deterministic=not train)
 
 
@@ -117,13 +120,15 @@ class GPT2MLP(nn.Module):
     config: GPT2Config
     dtype: Dtype = jnp.float32
     kernels: KernelsName = "auto"
+    parametrization: Parametrization = SP
 
     @nn.compact
     def __call__(self, x_BxLxD, train: bool):
         c, kw = self.config, {"dtype": self.dtype, "kernels": self.kernels}
-        h_BxLxF = dense(c.inner_dim, ("embed", "mlp"), std=c.initializer_range, act=c.activation_function,
+        std = self.parametrization.hidden_std(c.initializer_range, c.n_embd)
+        h_BxLxF = dense(c.inner_dim, ("embed", "mlp"), std=std, act=c.activation_function,
                         name="c_fc", **kw)(x_BxLxD)
-        h_BxLxD = dense(c.n_embd, ("mlp", "embed"), std=c.initializer_range / math.sqrt(2 * c.n_layer),
+        h_BxLxD = dense(c.n_embd, ("mlp", "embed"), std=std / math.sqrt(2 * c.n_layer),
                         name="c_proj", **kw)(h_BxLxF)
         return Dropout(c.resid_pdrop, self.kernels)(h_BxLxD, deterministic=not train)
 
@@ -135,10 +140,12 @@ class GPT2Block(nn.Module):
     layer_idx: int
     dtype: Dtype = jnp.float32
     kernels: KernelsName = "auto"
+    parametrization: Parametrization = SP
 
     @nn.compact
     def __call__(self, x_BxLxD, mask_Bx1xLxL, train: bool):
-        c, kw = self.config, {"dtype": self.dtype, "kernels": self.kernels}
+        c = self.config
+        kw = {"dtype": self.dtype, "kernels": self.kernels, "parametrization": self.parametrization}
         h_BxLxD = layer_norm(c.layer_norm_epsilon, dtype=self.dtype, name="ln_1")(x_BxLxD)
         x_BxLxD = x_BxLxD + GPT2Attention(c, self.layer_idx, **kw, name="attn")(h_BxLxD, mask_Bx1xLxL, train)
         h_BxLxD = layer_norm(c.layer_norm_epsilon, dtype=self.dtype, name="ln_2")(x_BxLxD)
@@ -155,6 +162,10 @@ class GPT2Model(nn.Module):
     Packed rows (data/packing.py) pass `segment_ids_BxL` (no attention across segments; 0 = padding),
     `positions_BxL` (restarting per segment) and, for sequence classification, `segment_ends_BxS`
     (each segment's last token): logits are then B x S x C.
+
+    `parametrization` (models/parametrization.py): SP, HF's GPT-2, or muP: hidden matrices
+    initialised with std shrinking like 1/sqrt(width), attention over head_dim, task logits times
+    base_width / width. Same params either way.
     """
 
     config: GPT2Config
@@ -164,6 +175,7 @@ class GPT2Model(nn.Module):
     kernels: KernelsName = "auto"
     remat: bool | str = False  # True = recompute layers in the backward pass; or a REMAT_POLICIES name
     scan: bool = False  # run the blocks under lax.scan (same params; compile time flat in depth)
+    parametrization: Parametrization = SP
 
     @nn.compact
     def __call__(self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, *, positions_BxL=None,
@@ -186,13 +198,13 @@ class GPT2Model(nn.Module):
         mask_Bx1xLxL = combine(causal_mask(L), keys)
         # A block depends on its index only through scale_attn_by_inverse_layer_idx: then unroll.
         scan = self.scan and not c.scale_attn_by_inverse_layer_idx
-        x_BxLxD = run_layers(self, GPT2Block, lambda i: (c, i, self.dtype, self.kernels), c.n_layer, "h_", x_BxLxD,
-                             mask_Bx1xLxL, train=train, remat=self.remat, scan=scan)
+        x_BxLxD = run_layers(self, GPT2Block, lambda i: (c, i, self.dtype, self.kernels, self.parametrization),
+                             c.n_layer, "h_", x_BxLxD, mask_Bx1xLxL, train=train, remat=self.remat, scan=scan)
         x_BxLxD = layer_norm(c.layer_norm_epsilon, dtype=self.dtype, name="ln_f")(x_BxLxD)
         if self.task == "base":
             return x_BxLxD.astype(jnp.float32)
         if self.task == "causal_lm":
-            return tied_logits(x_BxLxD, wte.embedding, self.dtype)
+            return self._readout(tied_logits(x_BxLxD, wte.embedding, self.dtype))
         if segment_ends_BxS is not None:  # packed rows: one pooled position per segment
             x_last = jnp.take_along_axis(x_BxLxD, segment_ends_BxS[:, :, None], axis=1)  # BxSxD
         else:
@@ -203,7 +215,12 @@ class GPT2Model(nn.Module):
             x_last = jnp.take_along_axis(x_BxLxD, last_B[:, None, None], axis=1)[:, 0]  # BxD
         score = dense(self.num_labels, ("embed", "classes"), std=c.initializer_range, dtype=self.dtype,
                       kernels=self.kernels, name="score", use_bias=False)
-        return score(x_last).astype(jnp.float32)
+        return self._readout(score(x_last).astype(jnp.float32))
+
+    def _readout(self, logits):
+        """muP's output multiplier on the task logits (none under SP)."""
+        p = self.parametrization
+        return logits * p.output_multiplier(self.config.n_embd) if p.is_mup else logits
 
 
 __all__ = ["GPT2Config", "GPT2Model", "TASKS"]
