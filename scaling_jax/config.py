@@ -55,6 +55,7 @@ class DataConfig:
     valid: tuple[str, ...] = ()
     test: tuple[str, ...] = ()
     tokenizer: str = ""  # a local tokenizer directory; "" = the pretrained model's own
+    bpe_vocab: int = 0  # >0: train a byte-level BPE of this many pieces (257 = bytes) on data.train into data.tokenizer
     seq_len: int = 128
     batch_size: int = 16  # global batch, in sequences
     eval_batch_size: int = 32
@@ -341,6 +342,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.lr: must be positive, got {cfg.optim.lr}")
     _validate_mup(cfg)
     _validate_sweep(cfg)
+    if cfg.data.bpe_vocab and cfg.data.bpe_vocab != cfg.model.vocab_size and not cfg.model.pretrained:
+        raise ConfigError(f"model.vocab_size: {cfg.model.vocab_size} must equal data.bpe_vocab={cfg.data.bpe_vocab} "
+                          f"(the model's vocabulary is the trained tokenizer's)")
 
 
 MUP_FAMILIES = ("gpt2",)  # model families whose modules take a muP parametrization

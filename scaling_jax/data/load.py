@@ -4,7 +4,7 @@ from __future__ import annotations
 from scaling_jax.config import Config, packs
 from scaling_jax.data.classification import load_classification
 from scaling_jax.data.dataset import Data
-from scaling_jax.data.files import data_root, exclude, resolve_files
+from scaling_jax.data.files import data_root, resolve_files, train_files
 from scaling_jax.data.lm_text import tokenize_files, windows
 from scaling_jax.data.ner import load_ner
 from scaling_jax.data.packing import segments_from_eos
@@ -16,9 +16,7 @@ def load_data(cfg: Config, tokenizer) -> Data:
     if not cfg.data.train:
         raise ConfigError("data.train: no training files given")
     if cfg.data.kind == "lm_text":
-        held_out = [*resolve_files(cfg.data.valid, root, "data.valid"),
-                    *resolve_files(cfg.data.test, root, "data.test")]
-        train_files = exclude(resolve_files(cfg.data.train, root, "data.train"), held_out)
+        files = train_files(cfg)
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
         documents = packs(cfg) and eos is not None  # no attention across the documents inside a window
 
@@ -28,10 +26,10 @@ def load_data(cfg: Config, tokenizer) -> Data:
                 ds.arrays["segment_ids"], ds.arrays["positions"] = segments_from_eos(ds.arrays["input_ids"], eos)
             return ds
 
-        train = split(train_files)
+        train = split(files)
         held = {name: split(resolve_files(getattr(cfg.data, name), root, f"data.{name}"))
                 if getattr(cfg.data, name) else None for name in ("valid", "test")}
-        notes = {"train_files": len(train_files), "train_tokens": int(train.arrays["input_ids"].size),
+        notes = {"train_files": len(files), "train_tokens": int(train.arrays["input_ids"].size),
                  "document_masking": documents}
         return Data(train, held["valid"], held["test"], notes=notes)
     if cfg.data.kind == "conll":
