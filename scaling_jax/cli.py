@@ -1,4 +1,4 @@
-"""The `scaling-jax` command: train, eval, predict, export, sweep, fit, bench, fetch.
+"""The `scaling-jax` command: train, eval, predict, export, sweep, mup-check, fit, bench, fetch.
 
 Each verb imports its module when it runs, so `scaling-jax --help` and a bad argument answer
 without loading jax, flax or transformers."""
@@ -64,6 +64,11 @@ def _sweep(args) -> int:
     return 0
 
 
+def _mup_check(args) -> int:
+    from scaling_jax.commands import mup_check
+    return mup_check.main(args)
+
+
 def _fit(args) -> int:
     from scaling_jax.scaling import fit_cli
     return fit_cli.main(args.rest)
@@ -99,6 +104,12 @@ def make_parser() -> argparse.ArgumentParser:
     with_config("train", "Train into run.dir (resumes from its latest good checkpoint).", _train)
     with_config("eval", "Evaluate a run's best (else latest) checkpoint on its valid and test splits.", _eval)
     with_config("sweep", "Train a size family and fit scaling laws (results.csv, fit.json, plots).", _sweep)
+    s = with_config("mup-check", "The muP coordinate check: RMS of activations and logits over a few steps at "
+                                 "several widths, under SP and muP (table, CSV, PNG).", _mup_check)
+    s.add_argument("--widths", default="", help="comma-separated d_model values (default 64,128,256,512,1024)")
+    s.add_argument("--steps", type=int, default=5, help="training steps to follow (default 5)")
+    s.add_argument("--parametrizations", default="sp,mup", help="sp, mup or sp,mup (default)")
+    s.add_argument("--out", default="", help="output directory (default <run.dir>/mup_check)")
     s = sub.add_parser("predict", help="Predict on text lines (--text or stdin); JSON lines out.",
                        description="Predict with a run directory or a Hugging Face model directory.")
     s.add_argument("model_dir", help="a run directory (config.yaml + checkpoints) or an HF model directory")

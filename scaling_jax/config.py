@@ -123,6 +123,7 @@ class DistributedConfig:
 class SweepConfig:
     widths: tuple[int, ...] = ()  # d_model of each member
     aspect_ratio: int = 32  # d_model / n_layers
+    n_layers: int = 0  # every member this deep (a width-only family, as muP transfer assumes); 0 = by aspect_ratio
     head_dim: int = 32
     tokens: int = 0  # training tokens per member (steps = tokens / (batch * seq_len))
     budgets: tuple[float, ...] = ()  # IsoFLOP: training FLOPs per run (scaling_jax.flops); each width's tokens meet it

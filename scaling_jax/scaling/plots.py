@@ -206,3 +206,24 @@ def plot_frontier(fit: dict | None, path, *, compute_range, samples: dict | None
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     return _save(fig, path)
+
+
+def plot_lr_sweep(rows: list[dict], path, best: list[dict], *, title: str = "") -> Path:
+    """Loss against learning rate (log) per width (one line per group of `best`, from
+    lr_sweep.best_learning_rates), the best rate of each marked with a star."""
+    fig, ax = _figure()
+    for color, b in zip(_colors(len(best)), best):
+        label = ", ".join(f"{k}={b[k]}" for k in b if k not in ("lrs", "losses", "best_lr", "best_loss",
+                                                                 "best_index", "at_edge") and b[k] != "")
+        losses = np.asarray(b["losses"], float)
+        ax.plot(b["lrs"], losses, color=color, marker="o", ms=4, lw=1.5, label=label)
+        ax.scatter([b["best_lr"]], [b["best_loss"]], color=color, marker="*", s=180, edgecolor="black", zorder=4)
+    ax.set(xscale="log", xlabel="learning rate (base rate under muP)", ylabel="held-out loss",
+           title=title or "Learning-rate sweep per width (★ best)")
+    finite = [v for b in best for v in b["losses"] if np.isfinite(v)]
+    if finite:  # diverged runs would stretch the axis: show up to a little above the worst finite best
+        top = min(max(finite), min(finite) + 3 * (max(b["best_loss"] for b in best) - min(finite) + 0.05))
+        ax.set_ylim(min(finite) - 0.02, top)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)
