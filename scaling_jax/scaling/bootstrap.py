@@ -115,5 +115,5 @@ def bootstrap_function(fit_fn: Callable[[np.ndarray], dict], n_points: int, name
         except ValueError:
             continue
         for name in names:
-            samples[name][i] = out[name]
+            samples[name][i] = out.get(name, np.nan)
     return _summary(samples, n_boot, seed, level)

@@ -7,7 +7,9 @@ from typing import Callable
 import numpy as np
 
 from scaling_jax.scaling.bench_fit import CHINCHILLA_TRUTH, synthetic_chinchilla
-from scaling_jax.scaling.chinchilla import chinchilla_grid, fit_chinchilla
+from scaling_jax.scaling.chinchilla import chinchilla_grid, chinchilla_loss, fit_chinchilla
+from scaling_jax.scaling.isoflop import fit_isoflop
+from scaling_jax.scaling.optimal import chinchilla_optimal
 
 # Starts for each refit of the study: a few points of the paper's grid (the study measures the
 # intervals, not the grid search; tests/test_scaling_chinchilla.py checks the grid against scipy).
@@ -56,4 +58,44 @@ def measure_coverage(*, n_sets: int = 100, n_side: int = 12, noise: float = 0.02
             "rmse": {k: float(np.sqrt(np.mean(np.square(v)))) for k, v in errors.items()}}
 
 
-__all__ = ["measure_coverage"]
+def isoflop_design(truth: dict = CHINCHILLA_TRUTH, budgets=(1e18, 1e19, 1e20, 1e21), sizes: int = 7,
+                   decades: float = 1.6):
+    """(N, D, budget label) of an IsoFLOP sweep: `sizes` log-spaced sizes over `decades` around each
+    budget's optimum, D = C / (6 N)."""
+    n, d, label = [], [], []
+    for i, c in enumerate(budgets):
+        grid = chinchilla_optimal(truth, c)["N_opt"] * np.logspace(-decades / 2, decades / 2, sizes)
+        n += list(grid)
+        d += list(c / (6 * grid))
+        label += [i] * sizes
+    return np.array(n), np.array(d), np.array(label)
+
+
+def measure_isoflop_coverage(*, n_sets: int = 100, noise: float = 0.005, n_boot: int = 200,
+                             method: str = "residual", level: float = 0.95, seed: int = 0,
+                             truth: dict = CHINCHILLA_TRUTH) -> dict:
+    """Coverage of approach 2's intervals (fit_isoflop) for the exponent `a` and every budget's
+    N_opt over `n_sets` noisy copies of `isoflop_design`. The target is what the estimator estimates:
+    the vertices of the parabolas through the noiseless losses (a parabola is not the profile's exact
+    shape, so its vertex sits a few percent off the true optimum at any noise level)."""
+    n, d, label = isoflop_design(truth)
+    clean = chinchilla_loss(n, d, truth)
+    target = fit_isoflop(n, d, clean, budgets=label)
+    hits_a, hits_n, total_n = 0, 0, 0
+    t0 = time.perf_counter()
+    for i in range(n_sets):
+        rng = np.random.default_rng(seed + i)
+        fit = fit_isoflop(n, d, clean * np.exp(noise * rng.standard_normal(n.size)), budgets=label,
+                          n_boot=n_boot, seed=seed + i, level=level, boot_method=method)
+        lo, hi = fit["ci"]["a"]
+        hits_a += lo <= target["a"] <= hi
+        for row, want in zip(fit["budgets"], target["budgets"]):
+            lo, hi = row["ci"]["N_opt"]
+            hits_n += lo <= want["N_opt"] <= hi
+            total_n += 1
+    return {"name": f"isoflop_coverage/{method}", "method": method, "n_sets": n_sets, "n_points": int(n.size),
+            "n_boot": n_boot, "level": level, "noise": noise, "seconds": time.perf_counter() - t0,
+            "coverage": {"a": hits_a / n_sets, "N_opt": hits_n / total_n}}
+
+
+__all__ = ["isoflop_design", "measure_coverage", "measure_isoflop_coverage"]

@@ -169,10 +169,13 @@ def fit_isoflop(params, tokens, loss, *, flops=None, budgets=None, tol_decades: 
         k = len(fit["budgets"])
         names = (*RESULT_NAMES, *(f"{q}_{i}" for i in range(k) for q in ("N_opt", "D_opt", "loss_opt")))
 
-        def flatten(out: dict) -> dict:
+        position = {b["label"]: i for i, b in enumerate(fit["budgets"])}
+
+        def flatten(out: dict) -> dict:  # a budget a resample could not fit stays NaN
             row = {name: out[name] for name in RESULT_NAMES}
-            for i, b in enumerate(out["budgets"]):
-                row.update({f"{q}_{i}": b[q] for q in ("N_opt", "D_opt", "loss_opt")})
+            for b in out["budgets"]:
+                if b["label"] in position:
+                    row.update({f"{q}_{position[b['label']]}": b[q] for q in ("N_opt", "D_opt", "loss_opt")})
             return row
 
         if boot_method == "pairs":
