@@ -1,4 +1,4 @@
-"""The `scaling-jax` command: train, eval, predict, export, sweep, fit, bench, fetch, prepare.
+"""The `scaling-jax` command: train, eval, predict, export, sweep, mup-check, fit, bench, fetch, prepare.
 
 Each verb imports its module when it runs, so `scaling-jax --help` and a bad argument answer
 without loading jax, flax or transformers."""
@@ -71,6 +71,9 @@ def _prepare(args) -> int:
     from scaling_jax.config import load_config
     from scaling_jax.commands.prepare import prepare_main
     return prepare_main(load_config(args.config, args.overrides))
+def _mup_check(args) -> int:
+    from scaling_jax.commands import mup_check
+    return mup_check.main(args)
 
 
 def _fit(args) -> int:
@@ -110,6 +113,12 @@ def make_parser() -> argparse.ArgumentParser:
     with_config("sweep", "Train a size family and fit scaling laws (results.csv, fit.json, plots).", _sweep)
     with_config("prepare", "Tokenize the config's corpus once into memory-mapped shards with an index "
                 "(data.prepared, or the token cache for lm_text); a rerun keeps finished shards.", _prepare)
+    s = with_config("mup-check", "The muP coordinate check: RMS of activations and logits over a few steps at "
+                                 "several widths, under SP and muP (table, CSV, PNG).", _mup_check)
+    s.add_argument("--widths", default="", help="comma-separated d_model values (default 64,128,256,512,1024)")
+    s.add_argument("--steps", type=int, default=5, help="training steps to follow (default 5)")
+    s.add_argument("--parametrizations", default="sp,mup", help="sp, mup or sp,mup (default)")
+    s.add_argument("--out", default="", help="output directory (default <run.dir>/mup_check)")
     s = sub.add_parser("predict", help="Predict on text lines (--text or stdin); JSON lines out.",
                        description="Predict with a run directory or a Hugging Face model directory.")
     s.add_argument("model_dir", help="a run directory (config.yaml + checkpoints), an HF model directory or an "

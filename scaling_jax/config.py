@@ -45,6 +45,8 @@ class ModelConfig:
     lora_rank: int = 0  # 0 = no LoRA
     lora_alpha: float = 16.0
     lora_targets: str = ""  # regex over param paths; "" = attention and MLP projections
+    parametrization: str = "sp"  # sp | mup (Yang et al. 2022; models/parametrization.py, train/mup.py)
+    base_width: int = 0  # muP: the d_model at which muP equals SP (whose learning rate transfers); 0 = unset
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class DataConfig:
     valid: tuple[str, ...] = ()
     test: tuple[str, ...] = ()
     tokenizer: str = ""  # a local tokenizer directory; "" = the pretrained model's own
+    bpe_vocab: int = 0  # >0: train a byte-level BPE of this many pieces (257 = bytes) on data.train into data.tokenizer
     seq_len: int = 128
     batch_size: int = 16  # global batch, in sequences
     eval_batch_size: int = 32
@@ -127,8 +130,13 @@ class DistributedConfig:
 class SweepConfig:
     widths: tuple[int, ...] = ()  # d_model of each member
     aspect_ratio: int = 32  # d_model / n_layers
+    n_layers: int = 0  # every member this deep (a width-only family, as muP transfer assumes); 0 = by aspect_ratio
     head_dim: int = 32
     tokens: int = 0  # training tokens per member (steps = tokens / (batch * seq_len))
+    budgets: tuple[float, ...] = ()  # IsoFLOP: training FLOPs per run (scaling_jax.flops); each width's tokens meet it
+    min_steps: int = 10  # IsoFLOP: a width meets a budget only with at least this many steps
+    max_tokens: int = 0  # IsoFLOP: ... and at most this many training tokens (0 = no limit)
+    lr_grid: tuple[float, ...] = ()  # learning-rate sweep: every member trained at each of these optim.lr values
     lr_rule: str = "constant"  # constant | inverse_width (lr * base_width / d_model)
     base_width: int = 128
     member: int = -1  # run only this member (cluster job arrays); -1 = all, in sequence
@@ -163,6 +171,7 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.remat_policy": ("", *REMAT_POLICIES),
     "model.kernels": KERNELS,
+    "model.parametrization": ("sp", "mup"),
     "data.kind": ("lm_text", "tokens", "conll", "classification"),
     "train.early_stopping_mode": ("max", "min"),
     "train.nan_policy": ("stop", "skip"),
@@ -170,6 +179,9 @@ _CHOICES = {
     "optim.schedule": ("cosine", "linear", "constant"),
     "sweep.lr_rule": ("constant", "inverse_width"),
 }
+
+
+_EXPONENT_NUMBER = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
 def _check_value(key: str, value: Any, tp: Any) -> Any:
@@ -210,6 +222,8 @@ def _check_value(key: str, value: Any, tp: Any) -> Any:
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):  # YAML 1.1 reads 1e-3 as text
             return float(value)
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
@@ -383,6 +397,48 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.prepared: data.kind=tokens reads a prepared directory (`scaling-jax prepare`); name it")
     if cfg.data.valid_documents < 0:
         raise ConfigError(f"data.valid_documents: must be 0 or more, got {cfg.data.valid_documents}")
+    _validate_mup(cfg)
+    _validate_sweep(cfg)
+    if cfg.data.bpe_vocab and cfg.data.bpe_vocab != cfg.model.vocab_size and not cfg.model.pretrained:
+        raise ConfigError(f"model.vocab_size: {cfg.model.vocab_size} must equal data.bpe_vocab={cfg.data.bpe_vocab} "
+                          f"(the model's vocabulary is the trained tokenizer's)")
+
+
+MUP_FAMILIES = ("gpt2",)  # model families whose modules take a muP parametrization
+
+
+def _validate_mup(cfg: Config) -> None:
+    m = cfg.model
+    if m.parametrization != "mup":
+        return
+    if m.base_width <= 0:
+        raise ConfigError("model.base_width: muP (model.parametrization=mup) needs the base width at which it "
+                          "equals SP, e.g. model.base_width=64 (the width whose learning rate you tuned)")
+    if m.family not in MUP_FAMILIES:
+        raise ConfigError(f"model.parametrization: mup is implemented for model.family "
+                          f"{', '.join(MUP_FAMILIES)}, not {m.family!r}")
+    if m.pretrained:
+        raise ConfigError("model.parametrization: mup trains from scratch; model.pretrained is set (a pretrained "
+                          "checkpoint was trained under SP)")
+
+
+def _validate_sweep(cfg: Config) -> None:
+    s = cfg.sweep
+    if len(s.lr_grid) == 1:
+        raise ConfigError(f"sweep.lr_grid: a learning-rate sweep needs at least 2 values, got {list(s.lr_grid)} "
+                          f"(for one learning rate set optim.lr and leave sweep.lr_grid empty)")
+    for key, values in (("sweep.lr_grid", s.lr_grid), ("sweep.budgets", s.budgets)):
+        bad = [v for v in values if not v > 0]
+        if bad:
+            raise ConfigError(f"{key}: values must be positive, got {bad[0]}")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{key}: values repeat: {list(values)}")
+    if s.budgets and s.tokens:
+        raise ConfigError("sweep.tokens: an IsoFLOP sweep (sweep.budgets) sets each run's tokens from its budget; "
+                          "leave sweep.tokens at 0")
+    if s.min_steps < 1 or s.max_tokens < 0:
+        raise ConfigError(f"sweep.min_steps / sweep.max_tokens: need min_steps >= 1 and max_tokens >= 0, got "
+                          f"{s.min_steps} / {s.max_tokens}")
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

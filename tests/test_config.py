@@ -10,7 +10,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 def test_the_configs_scripts_rely_on_exist():
     names = {p.name for p in CONFIGS}
-    assert {"ner.yaml", "lm_tiny.yaml", "sweep_cpu.yaml"} <= names
+    assert {"ner.yaml", "lm_tiny.yaml", "sweep_cpu.yaml", "isoflop_cpu.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

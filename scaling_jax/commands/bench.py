@@ -31,6 +31,7 @@ from scaling_jax.models import BertConfig, GPT2Config, init_model, load_pretrain
 from scaling_jax.models.generate import generate
 from scaling_jax.models.hf import resolve_model_dir
 from scaling_jax.scaling.bench_fit import run_bench as run_fit_bench
+from scaling_jax.scaling.coverage import measure_coverage, measure_isoflop_coverage
 from scaling_jax.train.stacked import stack_layers
 from scaling_jax.train.step import init_state, make_train_step
 
@@ -402,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="--data: RAYON_NUM_THREADS for prepare (if unset)")
     p.add_argument("--train-steps", type=int, default=40, help="--data: steps of each lm_tiny training")
     p.add_argument("--loader-steps", type=int, default=2000, help="--data: batches the loader delivers")
+    p.add_argument("--coverage", action="store_true",
+                   help="only the bootstrap-coverage study: how often the 95%% intervals of the Chinchilla fit "
+                        "(pairs and residual bootstrap) and of the IsoFLOP exponent hold the truth")
+    p.add_argument("--coverage-sets", type=int, default=100, help="synthetic data sets per coverage row")
     p.add_argument("--kernels", action="store_true",
                    help="also the step under model.kernels=xla and xla_cpu with each CPU trick removed, "
                         "with each one's speed relative to xla_cpu (auto on CPU)")
@@ -413,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.finetune:
         return _print_rows(finetune_bench.run(), args.json)
+    if args.coverage:
+        return _print_rows(coverage_rows(args.coverage_sets), args.json)
     keep_host_buffers()  # before the first computation, for the whole process: torch's allocations get it too
     if args.data:
         return _print_rows(bench_data.run(args), args.json)
@@ -462,6 +469,18 @@ def main(argv: list[str] | None = None) -> int:
     rows.append({"name": "peak_rss", "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                  "tokens_per_s": None, "step_ms": None, "mfu": None})
     return _print_rows(rows, args.json)
+
+
+def coverage_rows(n_sets: int) -> list[dict]:
+    """scaling/coverage.py's studies as bench rows: the Chinchilla fit's intervals under each
+    bootstrap (12 x 12 runs, 2% noise, 100 resamples) and approach 2's (4 budgets x 7 sizes)."""
+    rows = []
+    for method in ("pairs", "residual"):
+        bar = tqdm(total=n_sets, desc=f"coverage/{method}")
+        rows.append(measure_coverage(n_sets=n_sets, method=method, on_set=lambda i, n: bar.update(1)))
+        bar.close()
+    rows.append(measure_isoflop_coverage(n_sets=n_sets))
+    return [{"tokens_per_s": None, "step_ms": None, "mfu": None, **r} for r in rows]
 
 
 def _print_rows(rows: list[dict], as_json: bool) -> int:

@@ -29,3 +29,11 @@ def resolve_files(patterns: Sequence[str], root: Path, what: str) -> list[Path]:
 def exclude(files: list[Path], held_out: list[Path]) -> list[Path]:
     held = {f.resolve() for f in held_out}
     return [f for f in files if f.resolve() not in held]
+
+
+def train_files(cfg: Config) -> list[Path]:
+    """The training files: data.train's matches without any file that data.valid or data.test
+    holds out (whole works stay out of training)."""
+    root = data_root(cfg)
+    held_out = [*resolve_files(cfg.data.valid, root, "data.valid"), *resolve_files(cfg.data.test, root, "data.test")]
+    return exclude(resolve_files(cfg.data.train, root, "data.train"), held_out)

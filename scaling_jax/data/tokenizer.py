@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from scaling_jax.config import Config, expand_path
+from scaling_jax.data.bpe import train_bpe
+from scaling_jax.data.files import train_files
 from scaling_jax.errors import ConfigError
 from scaling_jax.models import KNOWN_MODELS, fetch_model, load_tokenizer as load_hf_tokenizer
 
@@ -20,6 +22,12 @@ def resolve_model_dir(cfg: Config) -> Path | None:
 
 
 def tokenizer_dir(cfg: Config) -> Path:
+    """`data.tokenizer`, else the pretrained model's directory. With `data.bpe_vocab`, the directory
+    of a BPE trained on the training files (data/bpe.py): `data.tokenizer`, default
+    <run.dir>/tokenizer, trained there the first time."""
+    if cfg.data.bpe_vocab:
+        out = expand_path(cfg.data.tokenizer) if cfg.data.tokenizer else cfg.run_dir / "tokenizer"
+        return train_bpe(train_files(cfg), cfg.data.bpe_vocab, out)
     if cfg.data.tokenizer:
         return expand_path(cfg.data.tokenizer)
     model_dir = resolve_model_dir(cfg)

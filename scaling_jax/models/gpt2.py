@@ -11,6 +11,7 @@ from scaling_jax.errors import ConfigError
 from scaling_jax.models.hf_config import check_heads, config_from_hf_dict, config_to_hf_dict
 from scaling_jax.models.layers import (Dropout, Dtype, KernelsName, attend, dense, embed, layer_norm, positions,
                                        run_layers, tied_logits, write_kv, write_positions)
+from scaling_jax.models.parametrization import SP, Parametrization
 from scaling_jax.ops import activation, get_kernels
 from scaling_jax.ops.masks import causal_mask, combine, decoder_mask, padding_mask, segment_mask
 
@@ -92,16 +93,18 @@ class GPT2Attention(nn.Module):
     layer_idx: int
     dtype: Dtype = jnp.float32
     kernels: KernelsName = "auto"
+    parametrization: Parametrization = SP
 
     @nn.compact
     def __call__(self, x_BxLxD, mask_Bx1xLxL, train: bool, kv=None, index=None):
-        c = self.config
+        c, p = self.config, self.parametrization
         # HF keeps q/k/v fused in one Conv1D `c_attn`; separate Dense layers give each its own
         # ("embed", "heads") kernel for tensor parallelism, and hf.py splits/fuses on load/save.
-        proj = lambda name: dense(c.n_embd, ("embed", "heads"), std=c.initializer_range, dtype=self.dtype,
+        std = p.hidden_std(c.initializer_range, c.n_embd)
+        proj = lambda name: dense(c.n_embd, ("embed", "heads"), std=std, dtype=self.dtype,
                                   kernels=self.kernels, name=name)(x_BxLxD)
         q_BxLxD, k_BxLxD, v_BxLxD = proj("query"), proj("key"), proj("value")
-        scale = 1.0 / math.sqrt(c.head_dim) if c.scale_attn_weights else 1.0
+        scale = p.attention_scale(c.head_dim) if c.scale_attn_weights else 1.0
         if c.scale_attn_by_inverse_layer_idx:
             scale /= float(self.layer_idx + 1)
         rng = self.make_rng("dropout") if train and c.attn_pdrop > 0 else None
@@ -115,8 +118,8 @@ class GPT2Attention(nn.Module):
                 q_BxLxD.reshape(B, T, N, H), kv["k"].astype(self.dtype), kv["v"].astype(self.dtype), mask_Bx1xLxL,
                 scale=scale).reshape(B, T, N * H)
         # GPT-2's scaled init of residual projections: std / sqrt(2 * n_layer).
-        out_BxLxD = dense(c.n_embd, ("heads", "embed"), std=c.initializer_range / math.sqrt(2 * c.n_layer),
-                          dtype=self.dtype, kernels=self.kernels, name="c_proj")(a_BxLxD)
+        out_BxLxD = dense(c.n_embd, ("heads", "embed"), std=p.hidden_std(c.initializer_range, c.n_embd)
+                          / math.sqrt(2 * c.n_layer), dtype=self.dtype, kernels=self.kernels, name="c_proj")(a_BxLxD)
         out_BxLxD = Dropout(c.resid_pdrop, self.kernels)(out_BxLxD, deterministic=not train)
         return out_BxLxD if kv is None else (out_BxLxD, kv)
 
@@ -125,13 +128,15 @@ class GPT2MLP(nn.Module):
     config: GPT2Config
     dtype: Dtype = jnp.float32
     kernels: KernelsName = "auto"
+    parametrization: Parametrization = SP
 
     @nn.compact
     def __call__(self, x_BxLxD, train: bool):
         c, kw = self.config, {"dtype": self.dtype, "kernels": self.kernels}
-        h_BxLxF = dense(c.inner_dim, ("embed", "mlp"), std=c.initializer_range, act=c.activation_function,
+        std = self.parametrization.hidden_std(c.initializer_range, c.n_embd)
+        h_BxLxF = dense(c.inner_dim, ("embed", "mlp"), std=std, act=c.activation_function,
                         name="c_fc", **kw)(x_BxLxD)
-        h_BxLxD = dense(c.n_embd, ("mlp", "embed"), std=c.initializer_range / math.sqrt(2 * c.n_layer),
+        h_BxLxD = dense(c.n_embd, ("mlp", "embed"), std=std / math.sqrt(2 * c.n_layer),
                         name="c_proj", **kw)(h_BxLxF)
         return Dropout(c.resid_pdrop, self.kernels)(h_BxLxD, deterministic=not train)
 
@@ -143,10 +148,12 @@ class GPT2Block(nn.Module):
     layer_idx: int
     dtype: Dtype = jnp.float32
     kernels: KernelsName = "auto"
+    parametrization: Parametrization = SP
 
     @nn.compact
     def __call__(self, x_BxLxD, mask_Bx1xLxL, train: bool, kv=None, index=None):
-        c, kw = self.config, {"dtype": self.dtype, "kernels": self.kernels}
+        c = self.config
+        kw = {"dtype": self.dtype, "kernels": self.kernels, "parametrization": self.parametrization}
         h_BxLxD = layer_norm(c.layer_norm_epsilon, dtype=self.dtype, name="ln_1")(x_BxLxD)
         out = GPT2Attention(c, self.layer_idx, **kw, name="attn")(h_BxLxD, mask_Bx1xLxL, train, kv, index)
         a_BxLxD, kv = out if kv is not None else (out, None)
@@ -169,6 +176,10 @@ class GPT2Model(nn.Module):
     `positions_BxL` default to 0..L-1. With `cache` (`models/generate.py`), `attention_mask_BxL`
     marks this chunk's real tokens, the chunk is written at `cache["index"]`, and `(logits, cache)`
     is returned.
+
+    `parametrization` (models/parametrization.py): SP, HF's GPT-2, or muP: hidden matrices
+    initialised with std shrinking like 1/sqrt(width), attention over head_dim, task logits times
+    base_width / width. Same params either way.
     """
 
     config: GPT2Config
@@ -178,6 +189,7 @@ class GPT2Model(nn.Module):
     kernels: KernelsName = "auto"
     remat: bool | str = False  # True = recompute layers in the backward pass; or a REMAT_POLICIES name
     scan: bool = False  # run the blocks under lax.scan (same params; compile time flat in depth)
+    parametrization: Parametrization = SP
 
     @nn.compact
     def __call__(self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, *, positions_BxL=None,
@@ -202,7 +214,8 @@ class GPT2Model(nn.Module):
             mask_Bx1xLxL = combine(causal_mask(L), keys)
             # A block depends on its index only through scale_attn_by_inverse_layer_idx: then unroll.
             scan = self.scan and not c.scale_attn_by_inverse_layer_idx
-            x_BxLxD = run_layers(self, GPT2Block, lambda i: (c, i, self.dtype, self.kernels), c.n_layer, "h_",
+            x_BxLxD = run_layers(self, GPT2Block, lambda i: (c, i, self.dtype, self.kernels, self.parametrization),
+                                 c.n_layer, "h_",
                                  x_BxLxD, mask_Bx1xLxL, train=train, remat=self.remat, scan=scan)
         else:
             pos_BxL = jnp.broadcast_to(positions(L)[None], (B, L)) if positions_BxL is None else positions_BxL
@@ -210,7 +223,7 @@ class GPT2Model(nn.Module):
             mask = decoder_mask(pos_BxL, cache["pos"], cache["valid"])
             layers = []
             for i in range(c.n_layer):
-                x_BxLxD, kv = GPT2Block(c, i, self.dtype, self.kernels, name=f"h_{i}")(
+                x_BxLxD, kv = GPT2Block(c, i, self.dtype, self.kernels, self.parametrization, name=f"h_{i}")(
                     x_BxLxD, mask, False, cache["layers"][i], cache["index"])
                 layers.append(kv)
             cache = {**cache, "layers": layers, "index": cache["index"] + L}
@@ -218,11 +231,11 @@ class GPT2Model(nn.Module):
         if cache is not None:
             if self.task != "causal_lm":
                 raise ConfigError(f"a KV cache serves task 'causal_lm', not {self.task!r}")
-            return tied_logits(x_BxLxD, wte.embedding, self.dtype), cache
+            return self._readout(tied_logits(x_BxLxD, wte.embedding, self.dtype)), cache
         if self.task == "base":
             return x_BxLxD.astype(jnp.float32)
         if self.task == "causal_lm":
-            return tied_logits(x_BxLxD, wte.embedding, self.dtype)
+            return self._readout(tied_logits(x_BxLxD, wte.embedding, self.dtype))
         if segment_ends_BxS is not None:  # packed rows: one pooled position per segment
             x_last = jnp.take_along_axis(x_BxLxD, segment_ends_BxS[:, :, None], axis=1)  # BxSxD
         else:
@@ -233,7 +246,12 @@ class GPT2Model(nn.Module):
             x_last = jnp.take_along_axis(x_BxLxD, last_B[:, None, None], axis=1)[:, 0]  # BxD
         score = dense(self.num_labels, ("embed", "classes"), std=c.initializer_range, dtype=self.dtype,
                       kernels=self.kernels, name="score", use_bias=False)
-        return score(x_last).astype(jnp.float32)
+        return self._readout(score(x_last).astype(jnp.float32))
+
+    def _readout(self, logits):
+        """muP's output multiplier on the task logits (none under SP)."""
+        p = self.parametrization
+        return logits * p.output_multiplier(self.config.n_embd) if p.is_mup else logits
 
 
 __all__ = ["GPT2Config", "GPT2Model", "TASKS"]

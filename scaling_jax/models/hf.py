@@ -27,6 +27,7 @@ from scaling_jax.flops import train_flops_per_token
 from scaling_jax.errors import CheckpointError, ConfigError, MissingFileError, OutputExistsError
 from scaling_jax.models import bert, gpt2, llama
 from scaling_jax.models.fetch import KNOWN_MODELS, fetch_model
+from scaling_jax.models.parametrization import Parametrization, fold_into_standard
 from scaling_jax.tree import flat_dict as _flat, unflat_dict as _unflat
 
 log = logging.getLogger(__name__)
@@ -488,13 +489,15 @@ def load_pretrained(path: str | os.PathLike, task: str = "base", num_labels: int
 
 def init_model(config, task: str, num_labels: int | None = None, seed: int = 0, dtype: Any = jnp.float32,
                remat: bool | str = False, id2label: dict | None = None, scan_layers: bool = False,
-               kernels: str = "auto") -> Pretrained:
-    """A model initialised from scratch (HF's init: N(0, initializer_range), zero biases)."""
+               kernels: str = "auto", parametrization: Parametrization | None = None) -> Pretrained:
+    """A model initialised from scratch (HF's init: N(0, initializer_range), zero biases; under a muP
+    `parametrization` the hidden matrices' std shrinks with width: models/parametrization.py)."""
     family = family_of(config)
     _check_task(family, config, task, type(config).__name__)
     num_labels, id2label = _resolve_labels(family, task, num_labels, id2label, {}, None, type(config).__name__)
+    extra = {} if parametrization is None else {"parametrization": parametrization}
     module = family.module_cls(config, task=task, num_labels=num_labels, dtype=dtype, kernels=kernels,
-                               remat=remat, scan=scan_layers)
+                               remat=remat, scan=scan_layers, **extra)
     params = _init_params(module, seed)
     return Pretrained(config, task, num_labels, id2label, module, params, None, sorted(_flat(params)), [])
 
@@ -505,9 +508,11 @@ def export_tensors(model: Pretrained, params: Any) -> dict[str, np.ndarray]:
     """Params -> {HF key: contiguous float32 array in HF layout}, as `model.task`'s HF class names them.
 
     Tied weights (`cls.predictions.decoder.*`, `lm_head.weight`) are not written, as transformers
-    does: it re-ties them on load.
+    does: it re-ties them on load. A muP model's params are first folded into the standard form
+    (`parametrization.fold_into_standard`), so transformers computes the same logits.
     """
     family = family_of(model.config)
+    params = _standard_params(model, params)
     expected = {p: tuple(s.shape) for p, s in _flat(nn.meta.unbox(model.abstract_variables())["params"]).items()}
     flat = {p: np.asarray(jax.device_get(x)) for p, x in _flat(nn.meta.unbox(params)).items()}
     if set(flat) != set(expected):
@@ -525,6 +530,16 @@ def export_tensors(model: Pretrained, params: Any) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(np.concatenate([p[i] for i in sorted(p)], axis=-1) if len(p) > 1
                                     else p[0], dtype=np.float32)
             for k, p in parts.items()}
+
+
+def _standard_params(model: Pretrained, params: Any) -> Any:
+    p = getattr(model.module, "parametrization", None)
+    if p is None or not p.is_mup:
+        return params
+    c = model.config
+    return fold_into_standard(params, p, model_type=c.model_type, width=c.hidden_size, head_dim=c.head_dim,
+                              scale_attn_weights=getattr(c, "scale_attn_weights", True),
+                              output_head=model.task != "base")
 
 
 def export_config(model: Pretrained) -> dict:

@@ -47,9 +47,9 @@ CHINCHILLA = Law(
 
 
 def fit_chinchilla(params, tokens, loss, *, grid=None, n_boot: int = 0, seed: int = 0,
-                   level: float = 0.95) -> dict:
+                   level: float = 0.95, boot_method: str = "pairs") -> dict:
     """Fits E, A, B, alpha, beta to loss(params N, tokens D); see fitting.fit_law for the extras
     (`objective`, `a`, `b`, `e` = log A, log B, log E, ...; with n_boot > 0 bootstrap intervals
-    under `ci`). Raises ValueError on bad points."""
+    under `ci`, by `boot_method` "pairs" or "residual"). Raises ValueError on bad points."""
     return fit_law(CHINCHILLA, (params, tokens), loss, grid=grid, n_boot=n_boot, seed=seed,
-                   level=level)
+                   level=level, boot_method=boot_method)

@@ -12,7 +12,8 @@ import numpy as np
 LAWS = ("chinchilla", "power", "kaplan", "isoflop")
 DESCRIPTION = """\
 Fit scaling laws to a results CSV with columns params, tokens, loss (other columns are ignored,
-except an optional `budget` column that labels IsoFLOP groups).
+except an optional `budget` column that labels IsoFLOP groups and an optional `flops` column, each
+run's training FLOPs as `scaling-jax sweep` counts them; without it C = 6 N D).
 
 laws:
   chinchilla  L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, approach 3: Huber loss in
@@ -20,14 +21,16 @@ laws:
   power       L = E + A/N^alpha and L = E + B/D^beta, each on the frontier: for every distinct N
               (or D) the lowest loss reached; a variable with too few distinct values is skipped
   kaplan      L = (N_c/N)^alpha_N and (D_c/D)^alpha_D (Kaplan et al. 2020), on the same frontier
-  isoflop     per compute budget C = 6ND a parabola in log N; N_opt ∝ C^a, D_opt ∝ C^b
+  isoflop     per compute budget C a parabola in log N; N_opt ∝ C^a, D_opt ∝ C^b
   all         every law above; one that cannot be fitted is reported and skipped
+  approaches  Hoffmann et al.'s approaches 1 (lower envelope), 2 (isoflop) and 3 (chinchilla) on the
+              same runs, N_opt against C side by side (approaches.json, approaches.png)
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("results", metavar="RESULTS.csv", help="CSV with params, tokens, loss")
-    parser.add_argument("--law", choices=(*LAWS, "all"), default="chinchilla",
+    parser.add_argument("--law", choices=(*LAWS, "all", "approaches"), default="chinchilla",
                         help="which law to fit (default: chinchilla)")
     parser.add_argument("--out", metavar="FIT.json", help="write the fits as JSON here")
     parser.add_argument("--bootstrap", metavar="N", type=int, default=200,
@@ -68,7 +71,12 @@ def _fit_one(law: str, data: dict, args) -> tuple[dict, dict]:
         grid = chinchilla.chinchilla_grids()[args.grid]
         return {"chinchilla": chinchilla.fit_chinchilla(n, d, y, grid=grid, **boot)}, {}
     if law == "isoflop":
-        return {"isoflop": isoflop.fit_isoflop(n, d, y, budgets=data.get("budget"), **boot)}, {}
+        return {"isoflop": isoflop.fit_isoflop(n, d, y, flops=data.get("flops"), budgets=data.get("budget"),
+                                               **boot)}, {}
+    if law == "approaches":
+        from scaling_jax.scaling.approaches import compare_approaches
+        return {"approaches": compare_approaches(n, d, y, flops=data.get("flops"), budgets=data.get("budget"),
+                                                 grid=args.grid, **boot)}, {}
     laws = powerlaw.POWER_LAWS if law == "power" else powerlaw.KAPLAN_LAWS
     fits, skipped = {}, {}
     for variable, x in (("N", n), ("D", d)):
@@ -114,9 +122,43 @@ def _plain(value):
     return value
 
 
+def approaches_table(result: dict, level: float = 0.95) -> list[str]:
+    """Text lines: per budget the N_opt of each approach, then each approach's exponent a."""
+    names = {"envelope": "1 envelope", "isoflop": "2 parabolas", "chinchilla": "3 L(N,D) fit"}
+    have = [k for k in names if k in result]
+    lines = [f"approaches (compute: {result['compute']})",
+             f"  {'C (FLOPs)':>10}" + "".join(f"  {names[k] + ' N_opt':>30}" for k in have)]
+    for i, b in enumerate(result["isoflop"]["budgets"]):
+        cells = []
+        for k in have:
+            rows = result[k]["budgets"]
+            row = min(rows, key=lambda r: abs(np.log(r["C"] / b["C"])))
+            ci = row.get("ci", {}).get("N_opt")
+            text = f"{row['N_opt']:.4g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")
+            cells.append(f"  {text:>30}")
+        inside = "" if b["inside"] else "  (parabola minimum outside the sampled sizes)"
+        lines.append(f"  {b['C']:>10.3g}" + "".join(cells) + inside)
+    for k in have:
+        fit = result[k]
+        if "a" not in fit:
+            continue
+        ci = fit.get("ci", {}).get("a")
+        interval = f"  {level:.0%} interval [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        lines.append(f"  approach {names[k]}: N_opt ∝ C^{fit['a']:.3f}{interval}")
+    if "chinchilla_error" in result:
+        lines.append(f"  approach 3 skipped: {result['chinchilla_error']}")
+    env = result["envelope"]
+    lines.append(f"  envelope loss falls with compute: {'yes' if env['falls'] else 'NO'} "
+                 "(" + ", ".join(f"{b['loss']:.4f}" for b in env["budgets"]) + ")")
+    return lines
+
+
 def _table(fits: dict, errors: dict, optimal: list[dict], level: float) -> str:
     lines = []
     for name, fit in fits.items():
+        if name == "approaches":
+            lines += approaches_table(fit, level) + [""]
+            continue
         header = f"{name}  ({fit['n_points']} points"
         header += f", objective {fit['objective']:.6g})" if "objective" in fit else ")"
         lines.append(header)
@@ -158,10 +200,11 @@ def _param_names(name: str) -> tuple[str, ...]:
 
 def _plots(plot_dir: Path, data: dict, fits: dict, level: float) -> list[Path]:
     from scaling_jax.scaling import plots
-    from scaling_jax.scaling.isoflop import training_flops
+    from scaling_jax.scaling.isoflop import run_compute
 
     n, d, y = data["params"], data["tokens"], data["loss"]
-    compute = training_flops(n, d)
+    flops, budgets = data.get("flops"), data.get("budget")
+    compute = run_compute(n, d, flops)
     written = []
     if "chinchilla" in fits:
         written.append(plots.plot_loss_vs_params(n, d, y, fits["chinchilla"],
@@ -172,7 +215,11 @@ def _plots(plot_dir: Path, data: dict, fits: dict, level: float) -> list[Path]:
             written.append(plots.plot_one_variable(x, y, one_variable, variable,
                                                    plot_dir / f"loss_vs_{variable}.png"))
     if "isoflop" in fits:
-        written.append(plots.plot_isoflop(n, d, y, fits["isoflop"], plot_dir / "isoflop.png"))
+        written.append(plots.plot_isoflop(n, d, y, fits["isoflop"], plot_dir / "isoflop.png", flops=flops,
+                                          budgets=budgets))
+    if "approaches" in fits:
+        written.append(plots.plot_approaches(n, d, y, fits["approaches"], plot_dir / "approaches.png",
+                                             flops=flops, budgets=budgets, level=level))
     if "chinchilla" in fits or "isoflop" in fits:
         written.append(plots.plot_frontier(
             fits.get("chinchilla"), plot_dir / "frontier.png",

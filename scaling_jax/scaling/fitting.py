@@ -24,7 +24,7 @@ def prepare(law: Law, xs, loss) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_law(law: Law, xs, loss, *, grid=None, n_boot: int = 0, seed: int = 0,
-            level: float = 0.95) -> dict:
+            level: float = 0.95, boot_method: str = "pairs") -> dict:
     """Fits `law` to loss(xs) by the Huber objective from every row of grid (default: the law's).
 
     Every start runs to its own stop (see minimize_many); the N_POLISH best are then run on until
@@ -32,7 +32,8 @@ def fit_law(law: Law, xs, loss, *, grid=None, n_boot: int = 0, seed: int = 0,
     losses at the optimum), `theta` (optimiser coordinates), `n_points`, `n_starts`, `n_best`
     (starts whose first run already came within 1e-9 of the best, relative) and `converged`.
     With n_boot > 0 also `ci` {param: [lo, hi]} at `level`, `bootstrap` and `samples` (see
-    bootstrap.bootstrap_law; `seed` makes the resamples reproducible).
+    bootstrap.bootstrap_law: `boot_method` "pairs" or "residual"; `seed` makes the resamples
+    reproducible).
     """
     logx_KxN, logy_N = prepare(law, xs, loss)
     grid_SxP = law.default_grid() if grid is None else np.atleast_2d(np.asarray(grid, float))
@@ -68,5 +69,5 @@ def fit_law(law: Law, xs, loss, *, grid=None, n_boot: int = 0, seed: int = 0,
     }
     if n_boot:
         fit.update(bootstrap_law(law, logx_KxN, logy_N, theta, n_boot=n_boot, seed=seed,
-                                 level=level))
+                                 level=level, method=boot_method))
     return fit

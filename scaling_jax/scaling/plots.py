@@ -1,4 +1,5 @@
-"""PNG plots of scaling fits: loss vs parameters, IsoFLOP profiles, the compute-optimal frontier."""
+"""PNG plots of scaling fits: loss vs parameters, IsoFLOP profiles, the three approaches side by side, the frontier,
+learning-rate sweeps."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from scaling_jax.scaling.chinchilla import chinchilla_loss
-from scaling_jax.scaling.isoflop import group_budgets, training_flops
+from scaling_jax.scaling.isoflop import budget_labels, group_budgets, run_compute
 from scaling_jax.scaling.optimal import chinchilla_optimal, isoflop_optimal
 
 # Figures are built on the Agg canvas directly (no pyplot): no global backend or figure state.
@@ -96,15 +97,10 @@ def plot_one_variable(x, loss, fits: list[dict], variable: str, path) -> Path:
     return _save(fig, path)
 
 
-def plot_isoflop(params, tokens, loss, fit: dict, path) -> Path:
-    """Loss against parameters per compute budget, each with its parabola in ln N and vertex."""
-    n, d, y = (np.asarray(v, float) for v in (params, tokens, loss))
-    fig, ax = _figure()
-    budgets = fit["budgets"]
-    log_c = np.log(training_flops(n, d))
-    nearest = np.argmin(np.abs(log_c[:, None] - np.log([b["C"] for b in budgets])[None, :]), 1)
-    for i, (color, budget) in enumerate(zip(_colors(len(budgets)), budgets)):
-        members = nearest == i
+def _draw_profiles(ax, n, y, labels, fit: dict) -> None:
+    """Each budget's points, parabola in ln N and vertex (★) on `ax`."""
+    for color, budget in zip(_colors(len(fit["budgets"])), fit["budgets"]):
+        members = labels == budget["label"]
         ax.scatter(n[members], y[members], color=color, s=18, zorder=3)
         x_opt = np.log(budget["N_opt"])
         x = np.linspace(np.log(n[members]).min() - 0.2, np.log(n[members]).max() + 0.2, 100)
@@ -112,11 +108,70 @@ def plot_isoflop(params, tokens, loss, fit: dict, path) -> Path:
                 color=color, lw=1.5, label=f"C = {budget['C']:.2g} FLOPs")
         ax.scatter([budget["N_opt"]], [budget["loss_opt"]], color=color, marker="*", s=160,
                    edgecolor="black", zorder=4)
+
+
+def plot_isoflop(params, tokens, loss, fit: dict, path, *, flops=None, budgets=None) -> Path:
+    """Loss against parameters per compute budget, each with its parabola in ln N and vertex.
+    Points are grouped as the fit grouped them (`flops`, `budgets` as given to fit_isoflop)."""
+    n, d, y = (np.asarray(v, float) for v in (params, tokens, loss))
+    labels = budget_labels(run_compute(n, d, flops), budgets)
+    fig, ax = _figure()
+    _draw_profiles(ax, n, y, labels, fit)
     ax.set(xscale="log", xlabel="parameters N", ylabel="loss",
            title=f"IsoFLOP profiles (★ minima): N_opt ∝ C^{fit['a']:.3f}, "
                  f"D_opt ∝ C^{fit['b']:.3f}")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)
+
+
+def _with_ci(value: float, ci: dict | None, key: str) -> str:
+    if ci and key in ci and np.all(np.isfinite(ci[key])):
+        return f"{value:.3f} [{ci[key][0]:.3f}, {ci[key][1]:.3f}]"
+    return f"{value:.3f}"
+
+
+def plot_approaches(params, tokens, loss, result: dict, path, *, flops=None, budgets=None,
+                    level: float = 0.95) -> Path:
+    """Two panels from approaches.compare_approaches: left, the IsoFLOP profiles with their
+    parabolas and minima (★) and the lower envelope's best runs (◆, approach 1); right, N_opt
+    against C by all three approaches with their fitted exponents (and intervals), approach 2's
+    per-budget intervals as error bars."""
+    n, d, y = (np.asarray(v, float) for v in (params, tokens, loss))
+    labels = budget_labels(run_compute(n, d, flops), budgets)
+    fig = Figure(figsize=(13, 5), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    iso, env, chin = result["isoflop"], result["envelope"], result.get("chinchilla")
+    _draw_profiles(left, n, y, labels, iso)
+    left.plot([b["N_opt"] for b in env["budgets"]], [b["loss"] for b in env["budgets"]], color="0.2", ls=":",
+              marker="D", ms=6, label="lowest run per budget (approach 1)")
+    left.set(xscale="log", xlabel="non-embedding parameters N", ylabel="loss",
+             title="IsoFLOP profiles: parabolas in ln N, ★ minima")
+    left.legend(fontsize=8)
+    left.grid(True, which="both", alpha=0.3)
+
+    c_all = np.array([b["C"] for b in iso["budgets"]])
+    c_line = np.logspace(np.log10(c_all.min()) - 0.3, np.log10(c_all.max()) + 0.3, 50)
+    rows = [("approach 1: envelope", env, "C2", "D"), ("approach 2: parabolas", iso, "C1", "*")]
+    if chin is not None:
+        rows.append(("approach 3: L(N, D) fit", chin, "C0", "o"))
+    for j, (name, fit, color, marker) in enumerate(rows):
+        c = np.array([b["C"] for b in fit["budgets"]]) * 10 ** (0.04 * (j - 1))  # dodged apart
+        n_opt = np.array([b["N_opt"] for b in fit["budgets"]])
+        ci = [b.get("ci", {}).get("N_opt") for b in fit["budgets"]]
+        if all(v is not None and np.all(np.isfinite(v)) for v in ci):
+            err = np.abs(np.array(ci).T - n_opt[None])
+            right.errorbar(c, n_opt, yerr=err, color=color, fmt=marker, ms=8, capsize=3, zorder=3)
+        else:
+            right.scatter(c, n_opt, color=color, marker=marker, s=60, zorder=3)
+        if "a" in fit:
+            right.plot(c_line, fit["N_coef"] * c_line ** fit["a"], color=color, lw=1.5,
+                       label=f"{name}: N_opt ∝ C^{_with_ci(fit['a'], fit.get('ci'), 'a')}")
+    right.set(xscale="log", yscale="log", xlabel=f"training compute C (FLOPs, {result.get('compute', '6ND')})",
+              ylabel="compute-optimal N", title=f"N_opt against C ({level:.0%} bootstrap intervals)")
+    right.legend(fontsize=8)
+    right.grid(True, which="both", alpha=0.3)
     return _save(fig, path)
 
 
@@ -148,6 +203,27 @@ def plot_frontier(fit: dict | None, path, *, compute_range, samples: dict | None
                    label="compute range of the data")
     ax.set(xscale="log", yscale="log", xlabel="training compute C = 6ND (FLOPs)",
            ylabel="compute-optimal parameters N_opt", title="Compute-optimal frontier")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_lr_sweep(rows: list[dict], path, best: list[dict], *, title: str = "") -> Path:
+    """Loss against learning rate (log) per width (one line per group of `best`, from
+    lr_sweep.best_learning_rates), the best rate of each marked with a star."""
+    fig, ax = _figure()
+    for color, b in zip(_colors(len(best)), best):
+        label = ", ".join(f"{k}={b[k]}" for k in b if k not in ("lrs", "losses", "best_lr", "best_loss",
+                                                                 "best_index", "at_edge") and b[k] != "")
+        losses = np.asarray(b["losses"], float)
+        ax.plot(b["lrs"], losses, color=color, marker="o", ms=4, lw=1.5, label=label)
+        ax.scatter([b["best_lr"]], [b["best_loss"]], color=color, marker="*", s=180, edgecolor="black", zorder=4)
+    ax.set(xscale="log", xlabel="learning rate (base rate under muP)", ylabel="held-out loss",
+           title=title or "Learning-rate sweep per width (★ best)")
+    finite = [v for b in best for v in b["losses"] if np.isfinite(v)]
+    if finite:  # diverged runs would stretch the axis: show up to a little above the worst finite best
+        top = min(max(finite), min(finite) + 3 * (max(b["best_loss"] for b in best) - min(finite) + 0.05))
+        ax.set_ylim(min(finite) - 0.02, top)
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     return _save(fig, path)

@@ -14,6 +14,7 @@ from scaling_jax.config import Config
 from scaling_jax.data.tokenizer import resolve_model_dir
 from scaling_jax import hostmem
 from scaling_jax.models import BertConfig, GPT2Config, LlamaConfig, init_model, load_pretrained
+from scaling_jax.models.parametrization import Parametrization
 from scaling_jax.train.freeze import make_freeze_labels
 from scaling_jax.train.lora import DEFAULT_TARGETS, init_lora, merge_lora
 
@@ -53,7 +54,14 @@ def build_model(cfg: Config, num_labels: int | None = None, id2label: dict | Non
                         num_attention_heads=m.n_heads, intermediate_size=m.d_ff or 4 * m.d_model,
                         max_position_embeddings=m.max_len, hidden_dropout_prob=m.dropout,
                         attention_probs_dropout_prob=m.dropout)
+    if m.parametrization != "sp":  # config.validate allows mup only where the family takes it
+        common["parametrization"] = parametrization_of(cfg)
     return init_model(mc, task, **labels, **common)
+
+
+def parametrization_of(cfg: Config) -> Parametrization:
+    """The model's `Parametrization` from `model.parametrization` and `model.base_width`."""
+    return Parametrization(cfg.model.parametrization, cfg.model.base_width)
 
 
 @dataclass

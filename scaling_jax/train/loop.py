@@ -87,6 +87,10 @@ def _train(cfg: Config, main: bool) -> dict[str, Any]:
         if session.trainable.report:
             for line in report_lines(session.trainable.report):
                 print(f"[scaling_jax]   {line}", flush=True)
+        if session.mup:
+            m = session.mup
+            print(f"[scaling_jax]   muP (base width {cfg.model.base_width}): {m['hidden_params']:,} hidden-matrix "
+                  f"params at lr x {m['hidden_lr_multiplier']:.4g}, {m['base_params']:,} at lr", flush=True)
     ckpt = make_checkpointer(cfg)
     try:
         restored = ckpt.restore_latest(session.abstract_state)

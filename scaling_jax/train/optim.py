@@ -8,6 +8,7 @@ import optax
 
 from scaling_jax.config import OptimConfig
 from scaling_jax.train.freeze import make_optimizer_with_freeze
+from scaling_jax.train.mup import mup_partition
 from scaling_jax.train.stacked import stack_layers as stacked
 from scaling_jax.tree import map_with_path_str
 
@@ -38,17 +39,26 @@ def decay_mask(params: Any) -> Any:
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int, *, lr: float | None = None, freeze_labels: Any = None,
-                   stack_layers: bool = False) -> tuple[optax.GradientTransformation, optax.Schedule]:
+                   stack_layers: bool = False, hidden_lr_multiplier: float | None = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """clip -> adamw/sgd on a schedule; with `freeze_labels` ('train'/'frozen' per leaf), frozen
     leaves go through `optax.set_to_zero()` inside `optax.partition` and so carry no moments.
     `stack_layers` (on with `model.scan_layers`) updates same-shaped per-layer leaves stacked
-    (train/stacked.py): same numbers, one update kernel per layer leaf kind instead of per layer."""
+    (train/stacked.py): same numbers, one update kernel per layer leaf kind instead of per layer.
+    `hidden_lr_multiplier` (muP, train/mup.py): the hidden matrices get their own optimizer at the
+    schedule times this, the rest the schedule itself; gradient clipping stays global."""
     schedule = make_schedule(cfg, total_steps, lr)
-    if cfg.name == "adamw":
-        core = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                           mask=decay_mask)
+
+    def make_core(sched: optax.Schedule) -> optax.GradientTransformation:
+        if cfg.name == "adamw":
+            return optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                               mask=decay_mask)
+        return optax.sgd(sched, momentum=cfg.b1 or None)
+
+    if hidden_lr_multiplier is None:
+        core = make_core(schedule)
     else:
-        core = optax.sgd(schedule, momentum=cfg.b1 or None)
+        core = mup_partition(make_core, schedule, hidden_lr_multiplier)
     tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), core) if cfg.clip_norm > 0 else core
     if stack_layers:
         tx = stacked(tx)

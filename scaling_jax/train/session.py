@@ -21,6 +21,7 @@ from scaling_jax.models.peft import save_peft_adapter
 from scaling_jax.tree import flat_dict
 from scaling_jax.train import build
 from scaling_jax.train.evaluate import evaluate
+from scaling_jax.train.mup import mup_report
 from scaling_jax.train.optim import make_optimizer
 from scaling_jax.train.state import TrainState
 from scaling_jax.train.step import init_state, make_eval_step, make_train_step
@@ -43,6 +44,7 @@ class Session:
     state_sharding: Any
     train_step: Any
     eval_step: Any
+    mup: dict | None = None  # muP's learning-rate groups (train/mup.py mup_report); None under SP
 
     @property
     def abstract_state(self) -> Any:
@@ -61,7 +63,8 @@ class Session:
         return {"params_total": total, "params_trainable": total - frozen, "opt_state_bytes": int(opt_bytes),
                 "flops_per_token": self.model.flops_per_token(self.cfg.data.seq_len),
                 "mesh": dict(self.mesh.shape), "devices": jax.device_count(),
-                "processes": jax.process_count(), **(self.data.notes if self.data else {})}
+                "processes": jax.process_count(), **(self.data.notes if self.data else {}),
+                **({"mup": self.mup} if self.mup else {})}
 
 
 def open_session(cfg: Config, *, with_data: bool = True) -> Session:
@@ -88,8 +91,12 @@ def open_session(cfg: Config, *, with_data: bool = True) -> Session:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds the {positions} positions of the model "
                           f"(model.pretrained={cfg.model.pretrained or '(none)'}); lower data.seq_len")
     trainable = build.make_trainable(cfg, model)
+    mup = None
+    if cfg.model.parametrization == "mup":
+        mup = mup_report(trainable.tree, build.parametrization_of(cfg), cfg.model.d_model)
+    hidden_lr = mup["hidden_lr_multiplier"] if mup else None
     tx, schedule = make_optimizer(cfg.optim, cfg.train.steps, freeze_labels=trainable.freeze_labels,
-                                  stack_layers=cfg.model.scan_layers)
+                                  stack_layers=cfg.model.scan_layers, hidden_lr_multiplier=hidden_lr)
     state, state_sh = init_state(trainable.tree, trainable.logical, tx, mesh=mesh, rules=rules,
                                  seed=cfg.train.seed)
     train_step = make_train_step(model, tx, mesh=mesh, state_sharding=state_sh, batch_sharding=bsh,
@@ -99,7 +106,7 @@ def open_session(cfg: Config, *, with_data: bool = True) -> Session:
     eval_step = make_eval_step(model, mesh=mesh, params_sharding=state_sh.params, batch_sharding=bsh,
                                param_fn=trainable.param_fn)
     return Session(cfg, mesh, rules, bsh, tokenizer, data, label_names, model, trainable, tx, schedule,
-                   state, state_sh, train_step, eval_step)
+                   state, state_sh, train_step, eval_step, mup)
 
 
 def make_checkpointer(cfg: Config, read_only: bool = False):
