@@ -4,6 +4,7 @@ their config.json schemas (transformers 5 and 4.x), export round trips and clear
 Weights go transformers -> `save_pretrained` (torch) -> our `load_pretrained`; logits must agree to
 1e-4 in float32 at every real (non-padded) position. Never relax the tolerance to pass.
 """
+import importlib
 import json
 
 import jax
@@ -138,7 +139,7 @@ def test_mistral_window_shorter_than_prompt_is_applied(tmp_path):
 def test_rope_frequencies_match_transformers():
     for name, (prefix, overrides) in CONFIGS.items():
         cfg = getattr(transformers, f"{prefix}Config")(**{**BASE, **overrides})
-        hf_rope = getattr(transformers.models, prefix.lower()).__dict__[f"modeling_{prefix.lower()}"]
+        hf_rope = importlib.import_module(f"transformers.models.{prefix.lower()}.modeling_{prefix.lower()}")
         rot = getattr(hf_rope, f"{prefix}RotaryEmbedding")(cfg)
         ours = LlamaConfig.from_hf_dict(cfg.to_dict())
         inv, factor = inv_frequencies(ours.head_dim, ours.rope_theta, ours.rope_scaling)
@@ -272,7 +273,7 @@ def test_llama_from_scratch_config():
     from scaling_jax.config import config_from_dict
     from scaling_jax.train.build import build_model
     cfg = config_from_dict({"model": {"family": "llama", "vocab_size": 50, "d_model": 32, "n_layers": 1,
-                                      "n_heads": 4, "n_kv_heads": 2, "max_len": 16}})
+                                      "n_heads": 4, "n_kv_heads": 2, "max_len": 16}, "data": {"seq_len": 16}})
     model = build_model(cfg)
     c = model.config
     assert (c.model_type, c.num_key_value_heads, c.head_dim, c.intermediate_size, c.tie_word_embeddings) == \

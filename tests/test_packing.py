@@ -1,6 +1,6 @@
 """Packed rows (data/packing.py) against the examples alone: every example's logits within 1e-5 in
-float32, and the packed batch's loss and gradients equal to the padded batch's (BERT and GPT-2,
-token-, sequence- and LM tasks); first-fit decreasing's invariants; length-bucketed eval."""
+float32, and the packed batch's loss and gradients equal to the padded batch's (BERT, GPT-2 and
+Llama / Mistral with a window shorter than the rows; token-, sequence- and LM tasks); first-fit decreasing's invariants; length-bucketed eval."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +9,7 @@ import pytest
 from scaling_jax.data.align import collate
 from scaling_jax.data.arrays import ArrayDataset, bucket_lengths
 from scaling_jax.data.packing import first_fit_decreasing, pack, segments_from_eos, unpack_rows
-from scaling_jax.models import BertConfig, GPT2Config, init_model
+from scaling_jax.models import BertConfig, GPT2Config, LlamaConfig, init_model
 from scaling_jax.train.losses import loss_for_task
 
 VOCAB, L = 50, 24
@@ -18,6 +18,9 @@ BERT = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_att
                   attention_probs_dropout_prob=0.0)
 GPT2 = GPT2Config(vocab_size=VOCAB, n_positions=L, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
                   attn_pdrop=0.0)
+LLAMA = LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, intermediate_size=48, max_position_embeddings=L, tie_word_embeddings=False)
+MISTRAL = LlamaConfig(**{**vars(LLAMA), "model_type": "mistral", "sliding_window": 4})
 LENGTHS = (7, 3, 11, 5, 9, 2, 13, 6)
 
 
@@ -52,15 +55,20 @@ def _padded(examples, task):
     return b
 
 
+def _types(model, token_type_ids):
+    return None if isinstance(model.config, LlamaConfig) else jnp.asarray(token_type_ids)  # Llama has none
+
+
 def _batch_apply(model, batch, params=None):
     packed = {k: jnp.asarray(batch[k]) for k in ("positions", "segment_ids", "segment_starts", "segment_ends")
               if k in batch}
     return model.apply(model.params if params is None else params, jnp.asarray(batch["input_ids"]),
-                       jnp.asarray(batch["attention_mask"]), jnp.asarray(batch["token_type_ids"]), **packed)
+                       jnp.asarray(batch["attention_mask"]), _types(model, batch["token_type_ids"]), **packed)
 
 
 CASES = [(BERT, "token_classification"), (BERT, "sequence_classification"), (GPT2, "causal_lm"),
-         (GPT2, "sequence_classification")]
+         (GPT2, "sequence_classification"), (LLAMA, "causal_lm"), (LLAMA, "sequence_classification"),
+         (MISTRAL, "causal_lm")]
 
 
 @pytest.mark.parametrize("config,task", CASES, ids=lambda c: getattr(c, "model_type", c))
@@ -71,7 +79,7 @@ def test_packed_rows_give_each_example_its_own_logits_loss_and_gradients(config,
     assert len(rows.placement) < len(examples)  # several examples share rows
     got = np.asarray(jax.jit(lambda b: _batch_apply(model, b))(rows.arrays))
     alone = [np.asarray(model.apply(model.params, jnp.asarray(e["input_ids"])[None], None,
-                                    jnp.asarray(e["token_type_ids"])[None]))[0] for e in examples]
+                                    _types(model, e["token_type_ids"][None])))[0] for e in examples]
     if task == "sequence_classification":  # one logit row per segment slot, row-major
         for r, placed in enumerate(rows.placement):
             for s, (i, _, _) in enumerate(placed):

@@ -11,6 +11,7 @@ from scaling_jax.config import config_from_dict, load_config
 from scaling_jax.data import prepare as prep
 from scaling_jax.data import shards
 from scaling_jax.data.corpus import load_lm
+from scaling_jax.data.packing import segments_from_eos
 from scaling_jax.data.sampler import batch_indices
 from scaling_jax.data.sources import file_source
 from scaling_jax.data.tokenizer import load_tokenizer
@@ -162,10 +163,10 @@ def test_lm_text_prepares_into_the_cache_once_and_reads_todays_windows(tmp_path,
                                                       "data.test=[shakespeare/lovers_complaint_gut.txt]",
                                                       f"data.root={shared_data}", "data.seq_len=64"])
     # Only these three files for speed: the train glob minus the held-out works is checked below.
-    cfg_small = load_config(REPO / "configs/lm_tiny.yaml", [
-        "data.train=[shakespeare/sonnets_gut.txt, shakespeare/phoenix_and_the_turtle_gut.txt, "
-        "shakespeare/lovers_complaint_gut.txt]", "data.valid=[shakespeare/lovers_complaint_gut.txt]",
-        f"data.root={shared_data}", "data.seq_len=64"])
+    small = ["data.train=[shakespeare/sonnets_gut.txt, shakespeare/phoenix_and_the_turtle_gut.txt, "
+             "shakespeare/lovers_complaint_gut.txt]", "data.valid=[shakespeare/lovers_complaint_gut.txt]",
+             f"data.root={shared_data}", "data.seq_len=64"]
+    cfg_small = load_config(REPO / "configs/lm_tiny.yaml", small)
     data = load_lm(cfg_small, gpt2)
     ref = []
     for w in ("sonnets_gut.txt", "phoenix_and_the_turtle_gut.txt"):  # the held-out work is not trained on
@@ -182,6 +183,13 @@ def test_lm_text_prepares_into_the_cache_once_and_reads_todays_windows(tmp_path,
     monkeypatch.setattr(prep, "text_splitting", lambda tok: True)
     again = load_lm(cfg_small, gpt2)
     assert len(again.train) == len(data.train)
+    assert "segment_ids" not in again.train.take(np.arange(2))  # lm_text packs no documents by default
+    masked = load_lm(load_config(REPO / "configs/lm_tiny.yaml", [*small, "data.pack=true"]), gpt2)
+    rows = masked.train.take(np.arange(len(masked.train)))  # data.pack: true = document masking
+    want_seg, want_pos = segments_from_eos(rows["input_ids"], 50256)
+    np.testing.assert_array_equal(rows["segment_ids"], want_seg)
+    np.testing.assert_array_equal(rows["positions"], want_pos)
+    assert rows["segment_ids"].max() == 2 and masked.notes["document_masking"]  # the EOS after sonnets cuts one row
 
     from scaling_jax.data.corpus import split_sources
     monkeypatch.undo()
