@@ -133,7 +133,7 @@ def run_sweep(cfg, train_fn: Callable | None = None) -> Path | None:
             print(f"[sweep] {member.run.name}: done already, skipped", flush=True)
             continue
         print(f"[sweep] {member.run.name}: {member.train.steps} steps at lr {member.optim.lr:g}", flush=True)
-        if "preempted" in train_fn(member):
+        if "preempted" in (train_fn(member) or {}):  # a stand-in train_fn may return nothing
             print(f"[sweep] {member.run.name}: preempted; rerun the sweep to resume it", flush=True)
             return None
     rows = []
