@@ -156,7 +156,9 @@ PASSTHROUGH = {"fit": _fit, "bench": _bench}  # verbs with their own argparse (f
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    keep_host_buffers()  # before jax runs anything (notes/PERFORMANCE.md, entry 17)
+    # before jax runs anything (notes/PERFORMANCE.md, entries 17 and 30): by default only for the
+    # bench's steady-state step; a training run's peak RSS pays for it (README, "Performance")
+    keep_host_buffers(default=bool(argv) and argv[0] == "bench")
     if argv and argv[0] in PASSTHROUGH:
         verb, fn, args = argv[0], PASSTHROUGH[argv[0]], argparse.Namespace(rest=argv[1:])
     else:

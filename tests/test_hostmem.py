@@ -46,3 +46,38 @@ def test_keep_host_buffers_stops_per_call_page_faults():
     # pages stay mapped.
     assert off["faults_per_call"] > 0.5 * PAGES, off
     assert on["faults_per_call"] < 0.05 * PAGES, on
+
+
+# 3,000 blocks of 100 kB (below glibc's mmap threshold: they live in the heap), every tenth kept, so
+# the freed 90% are holes that glibc's own trimming (of the heap's top only) never hands back.
+TRIM_SCRIPT = r"""
+import json, os
+from scaling_jax.hostmem import keep_host_buffers, release_free_memory
+def rss():
+    return int([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1]) * 1024
+applied = keep_host_buffers(default=os.environ.get("DEFAULT") == "1")
+blocks = [bytearray(b"x" * 100_000) for _ in range(3000)]
+kept = blocks[::10]
+del blocks
+before = rss()
+released = release_free_memory()
+print(json.dumps({"applied": applied, "released": released, "freed_mb": (before - rss()) / 1e6}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc_trim is Linux-only")
+@pytest.mark.parametrize("default,env_value", [("0", None), ("1", "0"), ("1", None)])
+def test_release_free_memory_hands_back_holes_unless_buffers_are_kept(default, env_value):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "DEFAULT": default}
+    env.pop("SCALING_JAX_KEEP_HOST_BUFFERS", None)
+    if env_value is not None:
+        env["SCALING_JAX_KEEP_HOST_BUFFERS"] = env_value
+    out = subprocess.run([sys.executable, "-c", TRIM_SCRIPT], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    kept = default == "1" and env_value is None  # the default applies only where the env says nothing
+    assert got["applied"] == kept, got
+    if kept:  # the point of keeping buffers: nothing is handed back
+        assert not got["released"] and got["freed_mb"] < 30, got
+    else:  # ~270 MB of holes: most of it back to the OS
+        assert got["released"] and got["freed_mb"] > 150, got

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from scaling_jax import distributed
 from scaling_jax.config import Config, config_text, to_dict
+from scaling_jax.hostmem import release_free_memory
 from scaling_jax.errors import (CheckpointMismatchError, ConfigError, NonFiniteLossError, RunDirLockedError,
                                 ScalingJaxError)
 from scaling_jax.metrics_log import MetricsWriter
@@ -197,6 +198,7 @@ def _fit(cfg: Config, main: bool, session, summary: dict, ckpt, writer: MetricsW
                                      "tokens_per_s": tps, "tflops_per_s": tps * summary["flops_per_token"] / 1e12,
                                      "finite": bool(m["train/finite"])})
         bar.set_postfix(loss=f"{m['train/loss']:.4f}", tok_s=f"{tps:,.0f}")
+        release_free_memory()  # what a finished async save, or an eval, freed goes back to the OS
 
     feed = BatchFeed(data.train, cfg.data.batch_size, cfg.train.seed, bsh, step0, cfg.train.steps)
     with PreemptionGuard() as guard, feed:
@@ -205,6 +207,9 @@ def _fit(cfg: Config, main: bool, session, summary: dict, ckpt, writer: MetricsW
             state, metrics = train_step(state, feed.get(step))
             step += 1
             bar.update(1)
+            if step == step0 + 1:  # the compile's garbage goes back to the OS before the steps run
+                jax.block_until_ready(metrics)
+                release_free_memory()
             if pending is not None:  # read step-1's metrics only after step is dispatched
                 log_train(pending[0], check(*pending))
             pending = (step, metrics)
@@ -217,6 +222,7 @@ def _fit(cfg: Config, main: bool, session, summary: dict, ckpt, writer: MetricsW
             eval_metrics = None
             if due_eval:
                 eval_metrics = evaluate_valid(state)
+                release_free_memory()  # the eval's buffers (and first compiles) are not the steps' memory
                 writer.write(step, "eval", eval_metrics)
                 result["eval"] = eval_metrics
                 _early_stopping(cfg, progress, eval_metrics, step)
@@ -225,6 +231,7 @@ def _fit(cfg: Config, main: bool, session, summary: dict, ckpt, writer: MetricsW
                 evals = {f"eval/{k}": v for k, v in (eval_metrics or {}).items() if isinstance(v, (int, float))}
                 ckpt.save(step, state, force=True, metrics=evals or None,
                           extra={"data_step": step, "config_hash": config_hash(cfg), "progress": progress})
+                release_free_memory()  # a synchronous save's buffers (an async one's: at the next log)
             if due_eval or due_ckpt:  # eval and save time is not the next steps' time
                 clock["time"] = time.perf_counter()
             if stop:
@@ -250,10 +257,18 @@ def _fit(cfg: Config, main: bool, session, summary: dict, ckpt, writer: MetricsW
     result["tokens"] = progress.get("tokens", 0)  # real target tokens trained on, over the whole run
     result["params_digest"] = params_digest(state.params)
     if data.test is not None:
+        # Only one set of params stays alive for the test: the final state (optimizer included) is
+        # freed before the best checkpoint is read, and kept only where there is no best one.
+        best_saved = ckpt.best_k and progress.get("best_step") is not None
+        final_params, state = (None if best_saved else state.params), None
+        release_free_memory()
         best = ckpt.restore_best(abstract) if ckpt.best_k else None
-        test_params = best[1].params if best is not None else state.params
+        if best is None and best_saved:  # the best became unreadable: the final step was saved too
+            best = ckpt.restore_latest(abstract)
+        from_step, test_params = (step, final_params) if best is None else (best[0], best[1].params)
+        best = final_params = None
         test_metrics = evaluate(eval_step, test_params, data.test, cfg, data, bsh)
-        tag = {"phase": "after", "from_step": best[0] if best is not None else step}
+        tag = {"phase": "after", "from_step": from_step}
         writer.write(step, "test", {**tag, **test_metrics})
         result["test"] = {**tag, **test_metrics}
         if main and "report" in test_metrics:

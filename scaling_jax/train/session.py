@@ -1,6 +1,8 @@
 """A run's set-up shared by train / eval / export / predict: mesh, model, state, compiled steps."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +101,10 @@ def open_session(cfg: Config, *, with_data: bool = True) -> Session:
                                   stack_layers=cfg.model.scan_layers, hidden_lr_multiplier=hidden_lr)
     state, state_sh = init_state(trainable.tree, trainable.logical, tx, mesh=mesh, rules=rules,
                                  seed=cfg.train.seed)
+    # The state owns the params now: the loaded host copy would be a second one for the whole run.
+    shapes = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), t)
+    model = dataclasses.replace(model, params=shapes(model.params))
+    trainable = dataclasses.replace(trainable, tree=shapes(trainable.tree))
     train_step = make_train_step(model, tx, mesh=mesh, state_sharding=state_sh, batch_sharding=bsh,
                                  grad_accum=cfg.train.grad_accum,
                                  skip_nonfinite=cfg.train.nan_policy == "skip", param_fn=trainable.param_fn,
