@@ -84,6 +84,7 @@ class TrainConfig:
     early_stopping_mode: str = "max"  # max | min
     patience: int = 0  # evals without improvement before stopping; 0 = off
     nan_policy: str = "stop"  # stop | skip
+    eval_test: bool = False  # also score the test split at every eval (logged, never used to choose)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ class MetricsWriter:
     def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        row = {"step": int(step), "split": split,
+        row = {"step": int(step), "split": split, "time": round(time.time(), 3),
                **{k: _plain(v) for k, v in metrics.items() if k != "report"}}  # the report is printed
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")

@@ -45,7 +45,7 @@ def test_lora_ner_run_scores_exports_merged_and_predicts(tmp_path, small_wnut):
     from scaling_jax.train.loop import train
     from scaling_jax.train.session import export_run, open_session, restore_params
     run = tmp_path / "run"
-    cfg = _cfg(run, small_wnut, "model.lora_rank=8", "optim.lr=1e-3")
+    cfg = _cfg(run, small_wnut, "model.lora_rank=8", "optim.lr=1e-3", "train.eval_test=true")
     result = train(cfg)
     summary = result["summary"]
     assert summary["params_trainable"] / summary["params_total"] < 0.02
@@ -53,7 +53,13 @@ def test_lora_ner_run_scores_exports_merged_and_predicts(tmp_path, small_wnut):
     evals = [r for r in rows if r["split"] == "eval"]
     assert evals and {"f1", "f1_strict", "precision", "recall", "f1/person"} <= set(evals[-1])
     tests = [r for r in rows if r["split"] == "test"]
-    assert [t["phase"] for t in tests] == ["before", "after"]
+    # train.eval_test: the test split scored at every eval too; the final score is the best
+    # checkpoint's, restored, so it equals the live score logged at that step.
+    assert [(t["phase"], t["step"]) for t in tests] == [("before", 0), ("during", 3), ("during", 6), ("after", 6)]
+    during = {t["step"]: t for t in tests if t["phase"] == "during"}
+    assert tests[-1]["from_step"] in during
+    assert tests[-1]["f1"] == during[tests[-1]["from_step"]]["f1"]
+    assert [r["time"] for r in rows] == sorted(r["time"] for r in rows)
 
     # The merged export computes what the unmerged LoRA model computes.
     out = tmp_path / "export"

@@ -226,6 +226,9 @@ def _fit(cfg: Config, main: bool, session, summary: dict, ckpt, writer: MetricsW
                 writer.write(step, "eval", eval_metrics)
                 result["eval"] = eval_metrics
                 _early_stopping(cfg, progress, eval_metrics, step)
+                if cfg.train.eval_test and data.test is not None:  # time to quality; never chooses anything
+                    writer.write(step, "test", {"phase": "during",
+                                                **evaluate(eval_step, state.params, data.test, cfg, data, bsh)})
             new_best = eval_metrics is not None and ckpt.best_k and progress.get("best_step") == step
             if due_ckpt or stop or progress["stopped_early"] or new_best:
                 evals = {f"eval/{k}": v for k, v in (eval_metrics or {}).items() if isinstance(v, (int, float))}
