@@ -14,8 +14,9 @@ peaked at 10.0 GB with it, 2.7 GB without), so only `scaling-jax bench` applies 
 its steady-state step; training applies it when `SCALING_JAX_KEEP_HOST_BUFFERS=1`.
 
 `release_free_memory` is the other direction: glibc's `malloc_trim`, called by the trainer between
-phases (after the first step's compile, after an eval), hands back the freed pages the heaps still
-hold, so the next phase's peak does not sit on top of the last one's garbage.
+phases (after the first step's compile, after each eval and save, at each log step), hands back the
+freed pages the heaps still hold, so the next phase's peak does not sit on top of the last one's
+garbage (notes/PERFORMANCE.md, entry 30).
 """
 from __future__ import annotations
 
