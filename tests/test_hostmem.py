@@ -30,12 +30,23 @@ print(json.dumps({"applied": applied, "faults_per_call": statistics.median(fault
 PAGES = 5000 * 5000 * 4 // 4096  # pages of the temp buffer
 
 
-def _run(env_value: str) -> dict:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "SCALING_JAX_KEEP_HOST_BUFFERS": env_value}
+def _python(script: str, **env_vars: str | None) -> dict:
+    """Runs `script` in a fresh interpreter (the allocator is set once per process) with these
+    environment variables set (None: unset); returns its last line as JSON."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    for k, v in env_vars.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _run(env_value: str) -> dict:
+    return _python(SCRIPT, SCALING_JAX_KEEP_HOST_BUFFERS=env_value)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
@@ -68,13 +79,7 @@ print(json.dumps({"applied": applied, "released": released, "freed_mb": (before 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc_trim is Linux-only")
 @pytest.mark.parametrize("default,env_value", [("0", None), ("1", "0"), ("1", None)])
 def test_release_free_memory_hands_back_holes_unless_buffers_are_kept(default, env_value):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "DEFAULT": default}
-    env.pop("SCALING_JAX_KEEP_HOST_BUFFERS", None)
-    if env_value is not None:
-        env["SCALING_JAX_KEEP_HOST_BUFFERS"] = env_value
-    out = subprocess.run([sys.executable, "-c", TRIM_SCRIPT], env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = _python(TRIM_SCRIPT, DEFAULT=default, SCALING_JAX_KEEP_HOST_BUFFERS=env_value)
     kept = default == "1" and env_value is None  # the default applies only where the env says nothing
     assert got["applied"] == kept, got
     if kept:  # the point of keeping buffers: nothing is handed back

@@ -101,9 +101,8 @@ def open_session(cfg: Config, *, with_data: bool = True) -> Session:
     state, state_sh = init_state(trainable.tree, trainable.logical, tx, mesh=mesh, rules=rules,
                                  seed=cfg.train.seed)
     # The state owns the params now: the loaded host copy would be a second one for the whole run.
-    shapes = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), t)
-    model = dataclasses.replace(model, params=shapes(model.params))
-    trainable = dataclasses.replace(trainable, tree=shapes(trainable.tree))
+    model = dataclasses.replace(model, params=jax.eval_shape(lambda t: t, model.params))
+    trainable = dataclasses.replace(trainable, tree=jax.eval_shape(lambda t: t, trainable.tree))
     train_step = make_train_step(model, tx, mesh=mesh, state_sharding=state_sh, batch_sharding=bsh,
                                  grad_accum=cfg.train.grad_accum,
                                  skip_nonfinite=cfg.train.nan_policy == "skip", param_fn=trainable.param_fn,
