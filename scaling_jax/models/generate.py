@@ -20,10 +20,11 @@ def _cache_dims(config) -> tuple[int, int, int]:
 
 def init_cache(config, batch: int, length: int, dtype: Any = jnp.float32) -> dict:
     """An empty KV cache for `batch` rows of `length` slots: {"index": next slot (int32 scalar),
-    "pos": key positions B x S, "valid": written real tokens B x S, "layers": [{"k", "v": B x S x K x H}]}.
+    "pos": key positions B x S, "valid": written real tokens B x S, "layers": [{"k", "v": B x K x S x H}]}
+    (heads first, as HF's cache: `ops.xla.cached_attention`).
     A plain pytree: it goes through jit, while_loop and sharding like any state."""
     n, heads, head = _cache_dims(config)
-    zeros = lambda: jnp.zeros((batch, length, heads, head), dtype)
+    zeros = lambda: jnp.zeros((batch, heads, length, head), dtype)
     return {"index": jnp.zeros((), jnp.int32), "pos": jnp.zeros((batch, length), jnp.int32),
             "valid": jnp.zeros((batch, length), bool), "layers": [{"k": zeros(), "v": zeros()} for _ in range(n)]}
 

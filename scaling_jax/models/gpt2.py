@@ -114,7 +114,7 @@ class GPT2Attention(nn.Module):
         else:  # decoding: this chunk's keys/values go to the cache at `index`; attend over all of it
             B, T, N, H = *x_BxLxD.shape[:2], c.n_head, c.head_dim
             kv = write_kv(kv, k_BxLxD.reshape(B, T, N, H), v_BxLxD.reshape(B, T, N, H), index)
-            a_BxLxD = get_kernels(self.kernels).attention(
+            a_BxLxD = get_kernels(self.kernels).cached_attention(
                 q_BxLxD.reshape(B, T, N, H), kv["k"].astype(self.dtype), kv["v"].astype(self.dtype), mask_Bx1xLxL,
                 scale=scale).reshape(B, T, N * H)
         # GPT-2's scaled init of residual projections: std / sqrt(2 * n_layer).

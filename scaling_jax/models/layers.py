@@ -135,10 +135,10 @@ def attend(q_BxTxD: jax.Array, k_BxSxE: jax.Array, v_BxSxE: jax.Array, mask: jax
 
 
 def write_kv(kv: dict, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array, index: jax.Array) -> dict:
-    """A layer's KV cache {"k", "v": B x S x K x H} with this chunk's keys and values written at
-    slot `index` (a traced scalar: one compiled decode step serves every position)."""
-    return {"k": jax.lax.dynamic_update_slice_in_dim(kv["k"], k_BxTxKxH.astype(kv["k"].dtype), index, axis=1),
-            "v": jax.lax.dynamic_update_slice_in_dim(kv["v"], v_BxTxKxH.astype(kv["v"].dtype), index, axis=1)}
+    """A layer's KV cache {"k", "v": B x K x S x H, heads first} with this chunk's keys and values
+    written at slot `index` (a traced scalar: one compiled decode step serves every position)."""
+    put = lambda c, x: jax.lax.dynamic_update_slice_in_dim(c, x.transpose(0, 2, 1, 3).astype(c.dtype), index, axis=2)
+    return {"k": put(kv["k"], k_BxTxKxH), "v": put(kv["v"], v_BxTxKxH)}
 
 
 def write_positions(cache: dict, positions_BxT: jax.Array, attention_mask_BxT: jax.Array | None) -> dict:

@@ -175,15 +175,15 @@ class LlamaAttention(nn.Module):
             B, T, K, H)
         q_BxTxNxH = apply_rope(q_BxTxNxH, cos_BxTxH, sin_BxTxH)
         k_BxTxKxH = apply_rope(k_BxTxKxH, cos_BxTxH, sin_BxTxH)
+        kern = get_kernels(self.kernels)
         if kv is not None:  # decoding: write this chunk at `index`, attend over the whole cache
             kv = write_kv(kv, k_BxTxKxH, v_BxTxKxH, index)
-            k_BxSxKxH, v_BxSxKxH = kv["k"].astype(self.dtype), kv["v"].astype(self.dtype)
+            a_BxTxNxH = kern.cached_attention(q_BxTxNxH, kv["k"].astype(self.dtype), kv["v"].astype(self.dtype), mask,
+                                              scale=c.attention_scale)
         else:
-            k_BxSxKxH, v_BxSxKxH = k_BxTxKxH, v_BxTxKxH
-        rng = self.make_rng("dropout") if train and c.attention_dropout > 0 else None
-        a_BxTxNxH = get_kernels(self.kernels).attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask,
-                                                        scale=c.attention_scale, dropout_rate=c.attention_dropout,
-                                                        dropout_rng=rng)
+            rng = self.make_rng("dropout") if train and c.attention_dropout > 0 else None
+            a_BxTxNxH = kern.attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask, scale=c.attention_scale,
+                                       dropout_rate=c.attention_dropout, dropout_rng=rng)
         out_BxTxD = dense(c.hidden_size, ("heads", "embed"), use_bias=c.o_bias, name="o_proj", **kw)(
             a_BxTxNxH.reshape(B, T, N * H))
         return out_BxTxD if kv is None else (out_BxTxD, kv)
@@ -237,7 +237,7 @@ class LlamaModel(nn.Module):
     sequence classification, `segment_ends_BxS` (each segment's last token): logits are then B x S x C.
 
     `positions_BxL` (B x T) default to 0..T-1 (HF's without a cache). With `cache` (see
-    `models/generate.py`: per-layer k/v B x S x K x H, key positions and validity B x S, `index`),
+    `models/generate.py`: per-layer k/v B x K x S x H, key positions and validity B x S, `index`),
     `attention_mask_BxT` marks this chunk's real tokens, the chunk is written at `cache["index"]`,
     and `(logits, cache)` is returned.
     """

