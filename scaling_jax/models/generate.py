@@ -62,12 +62,12 @@ def _generate(params, input_ids_BxP, attention_mask_BxP, rng, temperature, top_k
     N = max_new_tokens
     cache = init_cache(module.config, B, P + N, cache_dtype)
     pos_BxP = left_pad_positions(attention_mask_BxP)
-    logits_BxPxV, cache = module.apply({"params": params}, input_ids_BxP, attention_mask_BxP, positions_BxL=pos_BxP,
-                                       cache=cache)
+    logits_Bx1xV, cache = module.apply({"params": params}, input_ids_BxP, attention_mask_BxP, positions_BxL=pos_BxP,
+                                       cache=cache, last_only=True)
     eos_arr = jnp.asarray(eos if eos else (-1,), jnp.int32)
     pick = functools.partial(pick_token, sample=sample, temperature=temperature, top_k=top_k, top_p=top_p)
     rng, key = jax.random.split(rng)
-    first_B = pick(logits_BxPxV[:, -1], key)
+    first_B = pick(logits_Bx1xV[:, -1], key)
     tokens_BxN = jnp.full((B, N), pad, jnp.int32).at[:, 0].set(first_B)
     done_B = jnp.isin(first_B, eos_arr)
     next_pos_B = jnp.max(pos_BxP, axis=-1) + 1

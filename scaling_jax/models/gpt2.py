@@ -175,7 +175,7 @@ class GPT2Model(nn.Module):
     (each segment's last token): logits are then B x S x C.
     `positions_BxL` default to 0..L-1. With `cache` (`models/generate.py`), `attention_mask_BxL`
     marks this chunk's real tokens, the chunk is written at `cache["index"]`, and `(logits, cache)`
-    is returned.
+    is returned; `last_only` keeps only the last position's logits (B x 1 x V), all a prefill needs.
 
     `parametrization` (models/parametrization.py): SP, HF's GPT-2, or muP: hidden matrices
     initialised with std shrinking like 1/sqrt(width), attention over head_dim, task logits times
@@ -194,7 +194,7 @@ class GPT2Model(nn.Module):
     @nn.compact
     def __call__(self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, *, positions_BxL=None,
                  segment_ids_BxL=None, segment_starts_BxS=None, segment_ends_BxS=None, train: bool = False,
-                 cache=None):
+                 cache=None, last_only: bool = False):
         c = self.config
         if self.task not in TASKS:
             raise ConfigError(f"GPT-2 task {self.task!r} is not one of {', '.join(TASKS)}")
@@ -227,6 +227,8 @@ class GPT2Model(nn.Module):
                     x_BxLxD, mask, False, cache["layers"][i], cache["index"])
                 layers.append(kv)
             cache = {**cache, "layers": layers, "index": cache["index"] + L}
+            if last_only:  # a prefill needs the last position's logits only (rows are left-padded)
+                x_BxLxD = x_BxLxD[:, -1:]
         x_BxLxD = layer_norm(c.layer_norm_epsilon, dtype=self.dtype, name="ln_f")(x_BxLxD)
         if cache is not None:
             if self.task != "causal_lm":

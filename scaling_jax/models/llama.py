@@ -239,7 +239,8 @@ class LlamaModel(nn.Module):
     `positions_BxL` (B x T) default to 0..T-1 (HF's without a cache). With `cache` (see
     `models/generate.py`: per-layer k/v B x K x S x H, key positions and validity B x S, `index`),
     `attention_mask_BxT` marks this chunk's real tokens, the chunk is written at `cache["index"]`,
-    and `(logits, cache)` is returned.
+    and `(logits, cache)` is returned; `last_only` keeps only the last position's logits (B x 1 x V),
+    all a prefill needs.
     """
 
     config: LlamaConfig
@@ -253,7 +254,7 @@ class LlamaModel(nn.Module):
     @nn.compact
     def __call__(self, input_ids_BxT, attention_mask_BxT=None, token_type_ids_BxT=None, *, positions_BxL=None,
                  segment_ids_BxL=None, segment_starts_BxS=None, segment_ends_BxS=None, train: bool = False,
-                 cache=None):
+                 cache=None, last_only: bool = False):
         c = self.config
         if self.task not in TASKS:
             raise ConfigError(f"Llama task {self.task!r} is not one of {', '.join(TASKS)}")
@@ -286,6 +287,9 @@ class LlamaModel(nn.Module):
                     x_BxTxD, mask, cos_BxTxH, sin_BxTxH, False, cache["layers"][i], cache["index"])
                 layers.append(kv)
             cache = {**cache, "layers": layers, "index": cache["index"] + T}
+            if last_only:  # a prefill needs the last position's logits only (rows are left-padded)
+                x_BxTxD = x_BxTxD[:, -1:]
+                attention_mask_BxT = None if attention_mask_BxT is None else attention_mask_BxT[:, -1:]
         x_BxTxD = RMSNorm(c.rms_norm_eps, self.dtype, name="norm")(x_BxTxD)
         out = self._head(x_BxTxD, table, attention_mask_BxT, segment_ends_BxS)
         return out if cache is None else (out, cache)
