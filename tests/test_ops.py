@@ -254,6 +254,20 @@ def test_grouped_query_attention_equals_repeated_key_value_heads():
         np.testing.assert_allclose(dropped, ref, atol=1e-6)
 
 
+def test_cached_attention_over_a_heads_first_cache_is_jax_dot_product_attention():
+    """Grouped heads, several query positions, a per-query mask (causal + padding): the heads-first
+    layout gives what jax.nn.dot_product_attention gives on the B x S x K x H one."""
+    kq, kk, kv = jax.random.split(jax.random.PRNGKey(7), 3)
+    q, k, v = _normal(kq, (2, 3, 6, 4)), _normal(kk, (2, 7, 2, 4)), _normal(kv, (2, 7, 2, 4))
+    mask = masks.decoder_mask(jnp.array([[3, 4, 5], [4, 5, 6]]), jnp.broadcast_to(jnp.arange(7), (2, 7)),
+                              jnp.ones((2, 7), bool).at[0, :2].set(False))
+    want = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=0.5)
+    heads_first = lambda t: t.transpose(0, 2, 1, 3)
+    for kern in ops.BACKENDS.values():
+        got = kern.cached_attention(q, heads_first(k), heads_first(v), mask, scale=0.5)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 def test_cudnn_is_asked_for_only_where_it_qualifies_and_a_refusal_falls_back_to_xla(monkeypatch):
     q_bf16 = jnp.ones((1, 4, 2, 64), jnp.bfloat16)
     on_cpu = jax.default_backend() == "cpu"
