@@ -22,6 +22,7 @@ from scaling_jax import ops
 from scaling_jax.commands import finetune_bench
 from scaling_jax.checkpoint import Checkpointer
 from scaling_jax.checksum import tree_checksums
+from scaling_jax.errors import ConfigError
 from scaling_jax.commands import bench_data
 from scaling_jax.ops import xla, xla_cpu
 from scaling_jax.flops import train_flops_per_token
@@ -323,18 +324,22 @@ GENERATE_PROMPT = ("ROMEO: But, soft! what light through yonder window breaks? I
 
 
 def bench_generate(model_dir: str = "smollm2-135m", batches: tuple[int, ...] = (1, 8), new_tokens: int = 128,
-                   rounds: int = 3) -> list[dict]:
+                   rounds: int = 3, dtype: str = "float32") -> list[dict]:
     """Greedy generation of `new_tokens` tokens after one real prompt (repeated over the batch):
     ours (`scaling_jax.generate`, KV cache, one jit) vs transformers' `generate(use_cache=True)` on
     the same weights, timed in alternating rounds. Per contender: decode tokens/s (all rows' new
     tokens over the whole call) and time to first token (a 1-token call: prefill + one pick); EOS
-    is off on both sides so every call makes the same number of tokens."""
+    is off on both sides so every call makes the same number of tokens. `dtype` is both sides'
+    weights, activations and KV cache (bfloat16: ours casts the params once, torch loads in bf16)."""
     import torch
     import transformers
     torch.set_num_threads(os.cpu_count() or 1)
+    if dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"--generate-dtype must be float32 or bfloat16, got {dtype!r}")
     path = resolve_model_dir(model_dir)
-    ours = load_pretrained(path, task="causal_lm")
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    ours = load_pretrained(path, task="causal_lm", dtype=jnp.dtype(dtype))
+    params = jax.tree.map(lambda a: a.astype(dtype), ours.params)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype)).eval()
     prompt = load_tokenizer(path)(GENERATE_PROMPT)["input_ids"]
     rows = []
     for batch in batches:
@@ -343,7 +348,7 @@ def bench_generate(model_dir: str = "smollm2-135m", batches: tuple[int, ...] = (
         t_ids, t_mask = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
 
         def run_ours(n):
-            return np.asarray(generate(ours, ours.params, ids, mask, max_new_tokens=n))
+            return np.asarray(generate(ours, params, ids, mask, max_new_tokens=n, cache_dtype=jnp.dtype(dtype)))
 
         def run_theirs(n):
             with torch.no_grad():
@@ -353,7 +358,7 @@ def bench_generate(model_dir: str = "smollm2-135m", batches: tuple[int, ...] = (
             return out[:, ids.shape[1]:].numpy()
 
         t = time.perf_counter()
-        same = bool((run_ours(new_tokens) == run_theirs(new_tokens)).all())  # also compiles ours
+        agree = run_ours(new_tokens) == run_theirs(new_tokens)  # also compiles ours
         run_ours(1)
         first_s = time.perf_counter() - t
         times: dict[str, list[float]] = {k: [] for k in ("ours", "ours_ttft", "hf", "hf_ttft")}
@@ -365,14 +370,16 @@ def bench_generate(model_dir: str = "smollm2-135m", batches: tuple[int, ...] = (
                 times[key].append(time.perf_counter() - t)
         for who in ("ours", "hf"):
             sec = statistics.median(times[who])
-            rows.append({"name": f"generate/{who}/b{batch}", "tokens_per_s": batch * new_tokens / sec,
+            rows.append({"name": f"generate/{who}/b{batch}", "dtype": dtype, "tokens_per_s": batch * new_tokens / sec,
                          "step_ms": sec / new_tokens * 1e3, "mfu": None,
                          "ttft_ms": statistics.median(times[f"{who}_ttft"]) * 1e3, "new_tokens": new_tokens,
                          "prompt_tokens": len(prompt), **({"first_call_s": first_s} if who == "ours" else {})})
         rows.append({"name": f"ratio/generate_b{batch}", "tokens_per_s": None, "step_ms": None, "mfu": None,
                      "ours_vs_hf_tokens_per_s": paired_ratio(times["hf"], times["ours"]),
                      "ours_vs_hf_ttft": paired_ratio(times["hf_ttft"], times["ours_ttft"]),
-                     "same_greedy_tokens": same})
+                     "same_greedy_tokens": bool(agree.all()),
+                     # how many new tokens agree before the first difference (bf16 rounding may split a tie)
+                     "same_leading_tokens": int(np.min(np.argmin(np.c_[agree, np.zeros(len(agree), bool)], axis=1)))})
     return rows
 
 
@@ -415,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
                         "128 new tokens, batch 1 and 8 (on --generate-model)")
     p.add_argument("--generate-model", default="smollm2-135m", help="model directory or alias for --generate")
     p.add_argument("--generate-rounds", type=int, default=3)
+    p.add_argument("--generate-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="--generate: both sides' weights, activations and KV cache")
     args = p.parse_args(argv)
     if args.finetune:
         return _print_rows(finetune_bench.run(), args.json)
@@ -424,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.data:
         return _print_rows(bench_data.run(args), args.json)
     if args.generate:
-        return _print_rows(bench_generate(args.generate_model, rounds=args.generate_rounds), args.json)
+        return _print_rows(bench_generate(args.generate_model, rounds=args.generate_rounds,
+                                                   dtype=args.generate_dtype), args.json)
     rows: list[dict] = []
     device = jax.devices()[0]
     named = next((v for k, v in NAMED_PEAKS.items() if k.lower() in device.device_kind.lower()), None)
