@@ -378,8 +378,8 @@ def bench_generate(model_dir: str = "smollm2-135m", batches: tuple[int, ...] = (
                      "ours_vs_hf_tokens_per_s": paired_ratio(times["hf"], times["ours"]),
                      "ours_vs_hf_ttft": paired_ratio(times["hf_ttft"], times["ours_ttft"]),
                      "same_greedy_tokens": bool(agree.all()),
-                     # how many new tokens agree before the first difference (bf16 rounding may split a tie)
-                     "same_leading_tokens": int(np.min(np.argmin(np.c_[agree, np.zeros(len(agree), bool)], axis=1)))})
+                     # new tokens alike in every row before the first difference (bf16 can split a near tie)
+                     "same_leading_tokens": int(np.cumprod(agree, axis=1).sum(axis=1).min())})
     return rows
 
 
@@ -433,8 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.data:
         return _print_rows(bench_data.run(args), args.json)
     if args.generate:
-        return _print_rows(bench_generate(args.generate_model, rounds=args.generate_rounds,
-                                                   dtype=args.generate_dtype), args.json)
+        generated = bench_generate(args.generate_model, rounds=args.generate_rounds, dtype=args.generate_dtype)
+        return _print_rows(generated, args.json)
     rows: list[dict] = []
     device = jax.devices()[0]
     named = next((v for k, v in NAMED_PEAKS.items() if k.lower() in device.device_kind.lower()), None)
