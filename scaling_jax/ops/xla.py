@@ -127,5 +127,5 @@ def dropped_softmax(logits: jax.Array, mask: jax.Array | None, rate: float, rng:
     return jnp.where(keep, probs / (1.0 - rate), 0.0)
 
 
-__all__ = ["linear", "attention", "attention_with_dropout", "cached_attention", "dropout_mask", "cudnn_qualifies", "dropped_softmax",
-           "MASK_FILL"]
+__all__ = ["linear", "attention", "attention_with_dropout", "cached_attention", "dropout_mask", "cudnn_qualifies",
+           "dropped_softmax", "MASK_FILL"]
